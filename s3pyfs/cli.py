@@ -1,0 +1,108 @@
+"""Command line: argv -> MountOptions, --help, --version, exit codes.
+
+Responsibility: everything that happens before the S3 client exists:
+parse `s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o opts]`, validate
+the bucket name, the mount point and the credentials source, then hand over
+to `mount.run`.
+Invariants: every refusal is one line on stderr, `s3pyfs: <reason>`, and the
+exit code of its `StartupError` class (see errors.py / man page); no
+traceback and no secret is printed for bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from . import __version__
+from .errors import EXIT_FAILURE, EXIT_USAGE, StartupError, UsageError
+from .options import MountOptions, apply_option_string, help_text
+
+USAGE = "usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]"
+
+# Lenient on purpose: S3-compatible stores and old us-east-1 buckets allow
+# upper case and underscores; what is refused can never be a bucket.
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$")
+
+
+def parse_source(opts: MountOptions, source: str) -> None:
+    opts.source = source
+    bucket, sep, prefix = source.partition(":")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise UsageError(f"{bucket!r} is not a valid bucket name (3-255 letters, digits, '.', '-', '_')")
+    opts.bucket = bucket
+    if sep:
+        if not prefix.startswith("/"):
+            raise UsageError(f"prefix in {source!r} must start with '/': BUCKET:/PREFIX")
+        parts = [p for p in prefix.split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise UsageError(f"prefix in {source!r} must not contain '.' or '..' segments")
+        opts.prefix = "/".join(parts) + "/" if parts else ""
+
+
+def parse_args(argv: list[str]) -> MountOptions | None:
+    """MountOptions, or None when --help/--version was answered."""
+    opts = MountOptions()
+    positional: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            print(f"{USAGE}\n\nMount an S3 bucket as a filesystem.\n\n"
+                  f"  -f    stay in the foreground, log to stderr\n"
+                  f"  -d    debug log (implies -f)\n"
+                  f"  -s    accepted for compatibility (s3pyfs always serves requests concurrently)\n"
+                  f"  -o    comma-separated options:\n\n{help_text()}\n\n"
+                  f"Exit status: 0 ok, 2 usage, 3 credentials, 4 endpoint or bucket unreachable, "
+                  f"5 mount failed, 6 data not uploaded.\nSee s3pyfs(1).")
+            return None
+        if arg in ("-V", "--version"):
+            print(f"s3pyfs {__version__}")
+            return None
+        if arg == "-f":
+            opts.foreground = True
+        elif arg == "-d":
+            opts.foreground = True
+            opts.debug = True
+            opts.log_level = "DEBUG"
+        elif arg == "-s":
+            pass
+        elif arg == "-o":
+            if not args:
+                raise UsageError("-o needs an option list")
+            apply_option_string(opts, args.pop(0))
+        elif arg.startswith("-o") and len(arg) > 2:
+            apply_option_string(opts, arg[2:])
+        elif arg.startswith("-") and arg != "-":
+            raise UsageError(f"unknown flag {arg!r}")
+        else:
+            positional.append(arg)
+    if len(positional) != 2:
+        raise UsageError(f"expected BUCKET[:/PREFIX] and MOUNTPOINT, got {len(positional)} arguments\n{USAGE}")
+    parse_source(opts, positional[0])
+    opts.mountpoint = os.path.abspath(positional[1])
+    if opts.debug:
+        opts.log_level = "DEBUG"
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        opts = parse_args(args)
+        if opts is None:
+            return 0
+        from .mount import run
+        return run(opts)
+    except StartupError as exc:
+        print(f"s3pyfs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
+__all__ = ["main", "parse_args", "EXIT_USAGE"]

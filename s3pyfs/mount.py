@@ -1,0 +1,278 @@
+"""Process lifecycle: validate, daemonize, mount, serve, drain dirty data, exit.
+
+Responsibility: the order of start-up and shut-down.
+  1. In the calling process, before trio or any thread exists: check the mount
+     point and the credentials source (cli.py checked the syntax).
+  2. Without -f: fork.  The parent waits on a readiness pipe and exits 0 only
+     when the child reports the mount live, or with the child's exit code and
+     its one-line reason.  The child detaches (setsid, stdio to /dev/null after
+     mounting) and logs to `logfile=` or syslog.
+  3. trio: open the S3 client, prove endpoint + bucket + credentials with one
+     cheap request, pyfuse3.init, report ready (pipe, or READY=1 to
+     $NOTIFY_SOCKET), serve.
+  4. SIGTERM/SIGINT: upload dirty data, then leave the FUSE loop and unmount.
+     After an external `umount` the loop ends by itself; dirty data is drained
+     then too.  Exit 0, or EXIT_DIRTY naming what could not be uploaded.
+Invariants: only this module and operations.py import pyfuse3; nothing after
+the fork writes to the caller's stdout/stderr except libfuse's own mount error.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+
+import pyfuse3
+import trio
+
+from .credentials import resolve_static_keys
+from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NotFound,
+                     StartupError, UnreachableError, UsageError)
+from .filesystem import Config, Filesystem
+from .metadata import Defaults
+from .operations import Operations
+from .options import MountOptions
+from .s3client import ClientSettings, open_client
+
+log = logging.getLogger("s3pyfs")
+
+
+# ---------------------------------------------------------------------- checks before forking
+def check_mountpoint(opts: MountOptions) -> None:
+    path = opts.mountpoint
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise MountError(f"mount point {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == 107:   # ENOTCONN: a FUSE mount whose process died
+            raise MountError(f"mount point {path} is a dead FUSE mount; run: fusermount3 -u {path}") from None
+        raise MountError(f"mount point {path}: {exc.strerror}") from None
+    import stat as _stat
+    if not _stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"{path} is already a mount point")
+    if not opts.nonempty and os.listdir(path):
+        raise MountError(f"mount point {path} is not empty (use -o nonempty to mount over it)")
+
+
+def make_settings(opts: MountOptions) -> ClientSettings:
+    keys = resolve_static_keys(opts.passwd_file, opts.profile, opts.bucket)
+    return ClientSettings(
+        bucket=opts.bucket, endpoint_url=opts.url or os.environ.get("AWS_ENDPOINT_URL") or None,
+        region=opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+        path_style=opts.path_style, profile=opts.profile if keys is None else None, static_keys=keys,
+        retries=opts.retries, connect_timeout=opts.connect_timeout, read_timeout=opts.readwrite_timeout,
+        request_timeout=opts.request_timeout, max_connections=max(32, opts.parallel_count * 4))
+
+
+def make_config(opts: MountOptions, staging_dir: str) -> Config:
+    uid = opts.uid if opts.uid is not None else os.getuid()
+    gid = opts.gid if opts.gid is not None else os.getgid()
+    umask = opts.umask if opts.umask is not None else 0o022
+    defaults = Defaults(uid=uid, gid=gid, umask=umask, force_uid=opts.uid, force_gid=opts.gid,
+                        force_umask=opts.umask)
+    root_mask = opts.mp_umask if opts.mp_umask is not None else umask
+    return Config(prefix=opts.prefix, defaults=defaults, read_only=opts.read_only,
+                  stat_ttl=opts.stat_cache_expire, cache_entries=opts.max_stat_cache_size,
+                  staging_dir=staging_dir, multipart_size=opts.multipart_size * 1024 * 1024,
+                  parallel=opts.parallel_count, root_mode=0o777 & ~root_mask)
+
+
+def fuse_options(opts: MountOptions) -> set[str]:
+    chosen = set(pyfuse3.default_options)
+    chosen.add(f"fsname={opts.fsname or opts.source}")
+    chosen.add("subtype=s3pyfs")
+    if opts.allow_other:
+        chosen.add("allow_other")
+    elif opts.allow_root:
+        chosen.add("allow_root")
+    if opts.read_only:
+        chosen.add("ro")
+    chosen.update(opts.kernel_options)
+    return chosen
+
+
+# ---------------------------------------------------------------------- logging
+def setup_logging(opts: MountOptions, to_stderr: bool) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if opts.logfile:
+        handler: logging.Handler = logging.handlers.WatchedFileHandler(opts.logfile)
+    elif to_stderr:
+        handler = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.ident = f"s3pyfs[{os.getpid()}]: "
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(opts.log_level)
+    # request dumps of the libraries below carry signed headers: never below INFO
+    for noisy in ("botocore", "aiobotocore", "httpx", "httpcore", "urllib3", "hpack"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLevelName(opts.log_level)))
+
+
+# ---------------------------------------------------------------------- readiness
+class Readiness:
+    """Tells whoever started us that the mount is live or failed, once."""
+
+    def __init__(self, fd: int | None):
+        self.fd = fd
+
+    def _send(self, text: str) -> None:
+        if self.fd is not None:
+            try:
+                os.write(self.fd, text.encode("utf-8", "replace"))
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def ready(self) -> None:
+        self._send("0\t")
+        notify = os.environ.get("NOTIFY_SOCKET")
+        if notify:
+            address = "\0" + notify[1:] if notify.startswith("@") else notify
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                try:
+                    sock.sendto(b"READY=1", address)
+                except OSError as exc:
+                    log.warning("could not notify systemd: %s", exc)
+
+    def failed(self, code: int, message: str) -> None:
+        if self.fd is None:
+            print(f"s3pyfs: {message}", file=sys.stderr)
+        self._send(f"{code}\t{message}")
+
+
+def wait_for_child(fd: int, pid: int) -> int:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    text = b"".join(chunks).decode("utf-8", "replace")
+    if not text:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        print(f"s3pyfs: the mount process ended before the mount was ready (exit {code})", file=sys.stderr)
+        return code if code > 0 else EXIT_FAILURE
+    code_text, _, message = text.partition("\t")
+    code = int(code_text) if code_text.isdigit() else EXIT_FAILURE
+    if code != EXIT_OK:
+        os.waitpid(pid, 0)
+        print(f"s3pyfs: {message}", file=sys.stderr)
+    return code
+
+
+def detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+# ---------------------------------------------------------------------- serving
+async def _watch_signals(fs: Filesystem, stopping: list[bool]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                setup_logging_reopen()
+                continue
+            log.info("signal %d: uploading dirty data, then unmounting", signum)
+            stopping.append(True)
+            await fs.drain()
+            pyfuse3.terminate()
+            return
+
+
+def setup_logging_reopen() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()
+
+
+async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, staging_dir: str) -> int:
+    async with open_client(settings) as client:
+        try:
+            await client.check_bucket()
+        except NotFound:
+            raise UnreachableError(f"bucket {opts.bucket} does not exist at {settings.endpoint_url or 'AWS'}") from None
+        except CredentialsError:
+            raise
+        except FSError as exc:
+            raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
+        fs = Filesystem(client, make_config(opts, staging_dir))
+        ops = Operations(fs)
+        try:
+            pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
+        except RuntimeError as exc:
+            raise MountError(f"mounting on {opts.mountpoint} failed ({exc}); libfuse printed the reason above") from None
+        log.info("mounted %s on %s", opts.source, opts.mountpoint)
+        readiness.ready()
+        if not opts.foreground:
+            detach_stdio()
+        stopping: list[bool] = []
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_signals, fs, stopping)
+                await pyfuse3.main(min_tasks=4, max_tasks=64)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                failed = await fs.drain()
+            pyfuse3.close(unmount=True)
+        if failed:
+            log.error("unmounted with %d file(s) not uploaded: %s", len(failed), ", ".join(failed[:20]))
+            return EXIT_DIRTY
+        log.info("unmounted %s cleanly", opts.mountpoint)
+        return EXIT_OK
+
+
+def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness) -> int:
+    staging_dir = tempfile.mkdtemp(prefix="s3pyfs-", dir=opts.tmpdir)
+    try:
+        return trio.run(serve, opts, settings, readiness, staging_dir)
+    except StartupError as exc:
+        readiness.failed(exc.exit_code, str(exc))
+        return exc.exit_code
+    except Exception as exc:  # a bug: keep the traceback in the log, one line for the caller
+        log.exception("s3pyfs stopped by an unexpected error")
+        readiness.failed(EXIT_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}")
+        return EXIT_FAILURE
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)
+
+
+def run(opts: MountOptions) -> int:
+    check_mountpoint(opts)
+    settings = make_settings(opts)
+    if not os.path.isdir(opts.tmpdir) or not os.access(opts.tmpdir, os.W_OK):
+        raise UsageError(f"tmpdir {opts.tmpdir} is not a writable directory")
+    if opts.foreground:
+        setup_logging(opts, to_stderr=True)
+        return _serve_and_report(opts, settings, Readiness(None))
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid > 0:
+        os.close(write_fd)
+        return wait_for_child(read_fd, pid)
+    os.close(read_fd)
+    try:
+        os.setsid()
+        os.chdir("/")
+        setup_logging(opts, to_stderr=False)
+        code = _serve_and_report(opts, settings, Readiness(write_fd))
+    except BaseException:
+        code = EXIT_FAILURE
+    os._exit(code)

@@ -1,0 +1,144 @@
+"""Names -> objects: how a path below the mount is found in S3, and how listings merge.
+
+Responsibility: the S3 side of lookup and readdir, with no inode or handle
+state.  A name NAME in directory prefix P is
+  * a directory if `P/NAME/` exists (marker) or any key starts with `P/NAME/`,
+    or an object `P/NAME` carries a directory mode (old s3fs format);
+  * otherwise a file, symlink or special file if the object `P/NAME` exists.
+A directory wins over a file of the same name (the file is logged and hidden),
+so that the keys below it stay reachable.
+Invariants: names that cannot be path components (empty, '.', '..', containing
+'/' or NUL) are skipped with a debug log, never returned; no mutation here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from .concurrency import run_all
+from .s3client import ObjectInfo, S3Client
+from .stat_cache import ListedEntry, StatCache
+
+log = logging.getLogger(__name__)
+
+FOLDER_SUFFIX = "_$folder$"   # directory markers some S3 consoles and tools write
+
+
+@dataclasses.dataclass
+class Found:
+    is_dir: bool
+    info: ObjectInfo | None      # HEAD of the file, or of the `dir/` marker (None: implicit dir)
+    legacy_dir_key: bool = False
+
+
+def valid_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str,
+                listing: dict[str, ListedEntry] | None) -> Found | None:
+    """What `name` in the directory `dir_prefix` is, or None if nothing."""
+    key = dir_prefix + name
+    if cache.is_missing(key):
+        return None
+    if listing is not None:
+        entry = listing.get(name)
+        if entry is None:
+            return None
+        if entry.is_dir:
+            return Found(True, await client.head(key + "/"))
+        info = await client.head(key)
+        if info is not None:
+            return _classify_file(info)
+    found = await _probe_all(client, key)
+    if found is None:
+        cache.add_missing(key)
+    return found
+
+
+def _classify_file(info: ObjectInfo) -> Found:
+    mode = info.metadata.get("mode", "")
+    is_dir = (mode.isdigit() and (int(mode) & 0o170000) == 0o040000) or \
+        info.content_type == "application/x-directory"
+    return Found(is_dir, info, legacy_dir_key=is_dir)
+
+
+async def _probe_all(client: S3Client, key: str) -> Found | None:
+    results: dict[str, object] = {}
+
+    async def head_file() -> None:
+        results["file"] = await client.head(key)
+
+    async def head_marker() -> None:
+        results["marker"] = await client.head(key + "/")
+
+    async def list_children() -> None:
+        page, _ = await client.list_page(key + "/", delimiter="/", max_keys=1)
+        results["children"] = bool(page.objects or page.prefixes)
+
+    await run_all([head_file, head_marker, list_children], 3)
+    file_info, marker = results["file"], results["marker"]
+    if marker is not None or results["children"]:
+        if file_info is not None:
+            log.debug("%s is both a file and a directory; showing the directory", key)
+        return Found(True, marker)  # type: ignore[arg-type]
+    if file_info is not None:
+        return _classify_file(file_info)  # type: ignore[arg-type]
+    return None
+
+
+async def list_directory(client: S3Client, dir_prefix: str) -> dict[str, ListedEntry]:
+    """All names in a directory, from every page of a delimited listing."""
+    entries: dict[str, ListedEntry] = {}
+    async for page in client.list(dir_prefix, delimiter="/"):
+        for obj in page.objects:
+            name = obj.key[len(dir_prefix):]
+            if name == "":
+                continue  # the directory's own marker
+            if name.endswith(FOLDER_SUFFIX) and obj.size == 0:
+                name = name[:-len(FOLDER_SUFFIX)]
+                if valid_name(name):
+                    entries[name] = ListedEntry(True)
+                continue
+            if not valid_name(name):
+                log.debug("skipping key %r: not usable as a file name", obj.key)
+                continue
+            if name in entries and entries[name].is_dir:
+                log.debug("%s is both a file and a directory; showing the directory", obj.key)
+                continue
+            entries[name] = ListedEntry(False, obj.size, obj.etag, obj.last_modified_ns)
+        for prefix in page.prefixes:
+            name = prefix[len(dir_prefix):-1]
+            if not valid_name(name):
+                log.debug("skipping prefix %r: not usable as a directory name", prefix)
+                continue
+            if name in entries and not entries[name].is_dir:
+                log.debug("%s is both a file and a directory; showing the directory", prefix)
+            entries[name] = ListedEntry(True)
+    return entries
+
+
+async def is_empty_directory(client: S3Client, dir_prefix: str) -> bool:
+    page, _ = await client.list_page(dir_prefix, delimiter="/", max_keys=2)
+    keys = [o.key for o in page.objects if o.key != dir_prefix]
+    return not keys and not page.prefixes
+
+
+async def all_keys_below(client: S3Client, dir_prefix: str) -> list[ObjectInfo]:
+    """Every object whose key starts with `dir_prefix` (recursive, paginated)."""
+    found: list[ObjectInfo] = []
+    async for page in client.list(dir_prefix, delimiter=None):
+        found.extend(page.objects)
+    return found
+
+
+def directory_keys_deepest_first(root_prefix: str, keys: list[str]) -> list[str]:
+    """`root_prefix` and every directory level between it and `keys`, deepest first."""
+    levels = {root_prefix}
+    for key in keys:
+        rest = key[len(root_prefix):]
+        parts = rest.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            levels.add(root_prefix + "/".join(parts[:depth]) + "/")
+    return sorted(levels, key=lambda k: (-k.count("/"), k))

@@ -1,0 +1,237 @@
+"""Thin pyfuse3.Operations adapter over `filesystem.Filesystem`.
+
+Responsibility: pyfuse3 types in and out (bytes names, EntryAttributes,
+FileInfo, ReaddirToken), errors out as FUSEError; no filesystem logic.
+Invariants:
+  * No handler lets anything but FUSEError escape: an `FSError` becomes its
+    errno; any other exception is logged once with its traceback and answered
+    with EIO, because an escaping exception ends pyfuse3.main() and with it the
+    mount.  Tests may set `reraise_unexpected` to see such bugs directly.
+  * Kernel attribute and entry timeouts equal the stat cache TTL, so the kernel
+    never trusts an attribute longer than the core would.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+
+import pyfuse3
+
+from .errors import FSError
+from .filesystem import Filesystem
+from .inodes import Node
+from .metadata import reported_mode, reported_owner
+
+log = logging.getLogger(__name__)
+
+
+def _guard(handler):
+    """Turn every failure of `handler` into a FUSEError (see module invariants)."""
+    @functools.wraps(handler)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FSError as exc:
+            level = logging.DEBUG if exc.errno in _QUIET else logging.WARNING
+            log.log(level, "%s failed: %s (%s)", handler.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s; answering EIO", handler.__name__)
+            if self.reraise_unexpected:
+                raise
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+_QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EROFS, errno.EPERM}
+
+
+def _name(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem):
+        super().__init__()
+        self.fs = fs
+        self.reraise_unexpected = False
+        self.timeout = fs.cfg.stat_ttl
+
+    # ---------------------------------------------------------------- attributes
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = node.attrs
+        defaults = self.fs.cfg.defaults
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = node.ino
+        entry.generation = 0
+        entry.entry_timeout = self.timeout
+        entry.attr_timeout = self.timeout
+        entry.st_mode = reported_mode(a, defaults)
+        entry.st_nlink = 2 if node.is_dir else 1
+        entry.st_uid, entry.st_gid = reported_owner(a, defaults)
+        entry.st_rdev = a.rdev
+        entry.st_size = a.size
+        entry.st_blksize = 128 * 1024
+        entry.st_blocks = (a.size + 511) // 512
+        entry.st_atime_ns = a.atime_ns
+        entry.st_mtime_ns = a.mtime_ns
+        entry.st_ctime_ns = a.ctime_ns
+        return entry
+
+    @_guard
+    async def lookup(self, parent_inode, name, ctx=None):
+        return self._entry(await self.fs.lookup(parent_inode, _name(name)))
+
+    async def forget(self, inode_list):
+        for ino, count in inode_list:
+            try:
+                self.fs.forget(ino, count)
+            except Exception:
+                log.exception("unexpected error in forget")
+
+    @_guard
+    async def getattr(self, inode, ctx=None):
+        return self._entry(await self.fs.getattr(inode))
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = await self.fs.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            fh=fh)
+        return self._entry(node)
+
+    @_guard
+    async def readlink(self, inode, ctx):
+        return os.fsencode(await self.fs.readlink(inode))
+
+    # ---------------------------------------------------------------- names
+    @_guard
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(await self.fs.mknod(parent_inode, _name(name), mode, rdev, ctx.uid, ctx.gid))
+
+    @_guard
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(await self.fs.mkdir(parent_inode, _name(name), mode & ~ctx.umask, ctx.uid, ctx.gid))
+
+    @_guard
+    async def unlink(self, parent_inode, name, ctx):
+        await self.fs.unlink(parent_inode, _name(name))
+
+    @_guard
+    async def rmdir(self, parent_inode, name, ctx):
+        await self.fs.rmdir(parent_inode, _name(name))
+
+    @_guard
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(await self.fs.symlink(parent_inode, _name(name), os.fsdecode(target), ctx.uid, ctx.gid))
+
+    @_guard
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        await self.fs.rename(parent_inode_old, _name(name_old), parent_inode_new, _name(name_new), flags)
+
+    @_guard
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return self._entry(await self.fs.link(inode, new_parent_inode, _name(new_name)))
+
+    # ---------------------------------------------------------------- directories
+    @_guard
+    async def opendir(self, inode, ctx):
+        return (await self.fs.opendir(inode)).fh
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        entries = await self.fs.readdir(fh)
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            if node.ino not in self.fs.inodes.nodes:
+                continue          # removed since the listing was taken
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node), index + 1):
+                return
+            self.fs.count_lookup(node)
+
+    @_guard
+    async def releasedir(self, fh):
+        await self.fs.releasedir(fh)
+
+    @_guard
+    async def fsyncdir(self, fh, datasync):
+        return None
+
+    # ---------------------------------------------------------------- files
+    @_guard
+    async def open(self, inode, flags, ctx):
+        node = self.fs.node(inode)
+        previous_etag = node.page_cache_etag
+        handle = await self.fs.open(inode, flags)
+        # keep the kernel's page cache only while the object is unchanged
+        keep = previous_etag is not None and previous_etag == node.attrs.etag and node.staging is None
+        node.page_cache_etag = node.attrs.etag
+        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=keep)
+
+    @_guard
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        handle, node = await self.fs.create(parent_inode, _name(name), mode & ~ctx.umask, flags, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=handle.fh, keep_cache=False), self._entry(node)
+
+    @_guard
+    async def read(self, fh, off, size):
+        return await self.fs.read(fh, off, size)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        return await self.fs.write(fh, off, buf)
+
+    @_guard
+    async def flush(self, fh):
+        await self.fs.flush(fh)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh)
+
+    @_guard
+    async def release(self, fh):
+        await self.fs.release(fh)
+
+    # ---------------------------------------------------------------- xattrs, misc
+    @_guard
+    async def getxattr(self, inode, name, ctx):
+        return await self.fs.getxattr(inode, _name(name))
+
+    @_guard
+    async def setxattr(self, inode, name, value, ctx):
+        await self.fs.setxattr(inode, _name(name), value)
+
+    @_guard
+    async def listxattr(self, inode, ctx):
+        return [os.fsencode(n) for n in await self.fs.listxattr(inode)]
+
+    @_guard
+    async def removexattr(self, inode, name, ctx):
+        await self.fs.removexattr(inode, _name(name))
+
+    @_guard
+    async def access(self, inode, mode, ctx):
+        return True       # default_permissions: the kernel checks mode bits itself
+
+    @_guard
+    async def statfs(self, ctx):
+        data = pyfuse3.StatvfsData()
+        for field, value in self.fs.statfs().items():
+            setattr(data, field, value)
+        return data
+

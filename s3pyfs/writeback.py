@@ -1,0 +1,218 @@
+"""Write path: a local staging file per written inode, uploaded on flush/fsync/close.
+
+Responsibility: hold the bytes of a file being modified, fetch from S3 only the
+blocks a partial write or a read needs, and upload the whole content as one
+PUT (small) or a parallel multipart upload (large).
+Invariants:
+  * Block b of the staging file is valid when it is in `present`, or lies at or
+    beyond `source_limit` (bytes there are zeros or were written locally).
+    A fetch writes its bytes only into blocks still not present, clipped to
+    `source_limit`, in one step without awaits, so it never overwrites newer
+    local writes and never extends the file past a truncation.
+  * A write that covers a block partly first makes that block present, so a
+    block is never half local, half missing.
+  * `generation` counts changes; `upload()` records the generation it started
+    from and the file is clean only if nothing changed meanwhile.  A failed
+    upload leaves the file dirty (and aborts its multipart upload).
+  * At most `parallel` parts are in memory at once during an upload.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from typing import Awaitable, Callable
+
+import trio
+
+from .concurrency import run_all
+from .errors import NoSpace, RemoteIOError
+
+log = logging.getLogger(__name__)
+
+BLOCK = 1024 * 1024
+MAX_PARTS = 10_000
+MIN_PART = 5 * 1024 * 1024
+
+Fetch = Callable[[int, int], Awaitable[bytes]]     # (start, end) of the source object -> bytes
+
+
+def part_size_for(size: int, configured: int) -> int:
+    """Smallest multiple of 1 MiB >= configured that fits `size` into 10,000 parts."""
+    part = max(configured, MIN_PART)
+    while part * MAX_PARTS < size:
+        part *= 2
+    return part
+
+
+class Staging:
+    def __init__(self, directory: str, size: int, source_limit: int):
+        fd, path = tempfile.mkstemp(prefix="stage-", dir=directory)
+        os.unlink(path)  # nothing to clean after a crash; recovery of dirty data is future work
+        self.fd = fd
+        self.size = size
+        self.source_limit = source_limit          # [0, source_limit) still comes from S3
+        self.present: set[int] = set()
+        self.fetching: dict[int, trio.Event] = {}
+        self.generation = 0
+        self.clean_generation = 0
+        self.upload_lock = trio.Lock()
+        os.ftruncate(fd, size)
+
+    # ---- state -----------------------------------------------------------
+    @property
+    def dirty(self) -> bool:
+        return self.generation != self.clean_generation
+
+    def mark_dirty(self) -> None:
+        self.generation += 1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _needs_fetch(self, block: int) -> bool:
+        return block * BLOCK < self.source_limit and block not in self.present
+
+    # ---- fetching ----------------------------------------------------------
+    async def ensure(self, start: int, end: int, fetch: Fetch, parallel: int = 4) -> None:
+        """Make bytes [start, end) valid locally."""
+        end = min(end, self.size)
+        if end <= start:
+            return
+        blocks = range(start // BLOCK, (end - 1) // BLOCK + 1)
+        while True:
+            waiting = [self.fetching[b] for b in blocks if b in self.fetching]
+            wanted = [b for b in blocks if b not in self.fetching and self._needs_fetch(b)]
+            if not waiting and not wanted:
+                return
+            for event in waiting:
+                await event.wait()
+            if wanted:
+                await self._fetch_blocks(wanted, fetch, parallel)
+
+    async def _fetch_blocks(self, blocks: list[int], fetch: Fetch, parallel: int) -> None:
+        runs: list[list[int]] = []
+        for b in blocks:
+            if runs and runs[-1][-1] == b - 1 and len(runs[-1]) < 8:
+                runs[-1].append(b)
+            else:
+                runs.append([b])
+        for b in blocks:
+            self.fetching[b] = trio.Event()
+        async def one(run: list[int]) -> None:
+            start = run[0] * BLOCK
+            end = min((run[-1] + 1) * BLOCK, self.source_limit)
+            data = await fetch(start, end) if end > start else b""
+            self._store_fetched(run, start, data)
+        try:
+            await run_all((functools.partial(one, run) for run in runs), parallel)
+        finally:
+            for b in blocks:
+                event = self.fetching.pop(b, None)
+                if event is not None:
+                    event.set()
+
+    def _store_fetched(self, run: list[int], start: int, data: bytes) -> None:
+        for b in run:
+            if b in self.present or b * BLOCK >= self.source_limit:
+                continue
+            lo = b * BLOCK
+            hi = min(lo + BLOCK, self.source_limit, self.size)
+            chunk = data[lo - start:hi - start]
+            if len(chunk) < hi - lo:
+                raise RemoteIOError("object shorter than expected while fetching for a write")
+            self._pwrite(chunk, lo)
+            self.present.add(b)
+
+    # ---- data operations -----------------------------------------------------
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise NoSpace(f"staging file write failed: {exc.strerror}", errno=exc.errno) from None
+
+    async def write(self, offset: int, data: bytes, fetch: Fetch) -> int:
+        end = offset + len(data)
+        first, last = offset // BLOCK, (end - 1) // BLOCK
+        for b in sorted({first, last}):        # edge blocks the write covers only partly
+            lo = b * BLOCK
+            if self._needs_fetch(b) and (offset > lo or end < min(lo + BLOCK, self.source_limit)):
+                await self.ensure(lo, lo + BLOCK, fetch)
+        for b in range(first, last + 1):       # wait out fetches of fully covered blocks
+            event = self.fetching.get(b)
+            if event is not None:
+                await event.wait()
+        # no awaits from here on: the write and the bookkeeping are one step
+        self._pwrite(data, offset)
+        self.size = max(self.size, end)
+        self.present.update(range(first, last + 1))
+        self.mark_dirty()
+        return len(data)
+
+    async def read(self, offset: int, size: int, fetch: Fetch) -> bytes:
+        end = min(offset + size, self.size)
+        if end <= offset:
+            return b""
+        await self.ensure(offset, end, fetch)
+        return os.pread(self.fd, end - offset, offset)
+
+    async def truncate(self, new_size: int, fetch: Fetch) -> None:
+        if new_size < self.size and new_size % BLOCK:
+            await self.ensure(new_size - new_size % BLOCK, new_size, fetch)
+        for b in [b for b in self.fetching if b * BLOCK >= new_size]:
+            await self.fetching[b].wait()
+        try:
+            os.ftruncate(self.fd, new_size)
+        except OSError as exc:
+            raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
+        self.source_limit = min(self.source_limit, new_size)
+        self.present = {b for b in self.present if b * BLOCK < new_size}
+        self.size = new_size
+        self.mark_dirty()
+
+    # ---- upload ------------------------------------------------------------
+    async def upload(self, client, key: str, metadata: dict[str, str], fetch: Fetch,
+                     multipart_threshold: int, parallel: int, content_type: str | None = None) -> str | None:
+        """Upload the whole content to `key`; returns the new ETag.  Raises FSError."""
+        async with self.upload_lock:
+            generation = self.generation
+            await self.ensure(0, self.size, fetch, parallel)
+            size = self.size
+            if size <= multipart_threshold:
+                data = os.pread(self.fd, size, 0) if size else b""
+                if len(data) != size:
+                    raise RemoteIOError("staging file shorter than the file size")
+                etag = await client.put(key, data, metadata, content_type)
+            else:
+                etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel, content_type)
+            self.clean_generation = generation
+            # everything below `size` is now local and equals what S3 holds
+            self.source_limit = 0
+            return etag
+
+    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type):
+        part = part_size_for(size, configured_part)
+        count = (size + part - 1) // part
+        etags = [""] * count
+        upload_id = await client.create_multipart(key, metadata, content_type)
+        async def one(index: int) -> None:
+            start = index * part
+            length = min(part, size - start)
+            data = os.pread(self.fd, length, start)
+            if len(data) != length:
+                raise RemoteIOError("staging file shorter than the file size")
+            etags[index] = await client.upload_part(key, upload_id, index + 1, data)
+        try:
+            await run_all((functools.partial(one, index) for index in range(count)), parallel)
+            return await client.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await client.abort_multipart(key, upload_id)
+            raise
