@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -95,6 +96,23 @@ def _translate(exc: BaseException, what: str) -> FSError:
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+class _Payload(io.BytesIO):
+    """Request body iterated in 1 MiB chunks.
+
+    aiobotocore's httpx session streams a BytesIO body by iterating it, and a
+    plain BytesIO iterates *lines*: binary data then goes out in ~256-byte
+    pieces with an event-loop round trip each (measured: 10 MiB PUT 3.0 s
+    instead of 0.09 s).  Seekable, so botocore can rewind it for retries.
+    """
+
+    def __iter__(self):
+        while True:
+            chunk = self.read(1024 * 1024)
+            if not chunk:
+                return
+            yield chunk
+
+
 def _ns(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
@@ -156,7 +174,8 @@ class S3Client:
     async def put(self, key: str, body: bytes, metadata: dict[str, str], content_type: str | None = None) -> str | None:
         kwargs = {"ContentType": content_type} if content_type else {}
         async with self._call(f"PUT {key}"):
-            r = await self._c.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **kwargs)
+            r = await self._c.put_object(Bucket=self.bucket, Key=key, Body=_Payload(body), Metadata=metadata,
+                                         **kwargs)
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
@@ -168,7 +187,7 @@ class S3Client:
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         async with self._call(f"UploadPart {key} #{number}"):
             r = await self._c.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                          PartNumber=number, Body=data)
+                                          PartNumber=number, Body=_Payload(data))
         return r["ETag"]
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
