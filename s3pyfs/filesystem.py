@@ -26,6 +26,7 @@ import logging
 import os
 import stat
 import time
+from typing import Callable
 
 from cachetools import LRUCache
 
@@ -86,6 +87,8 @@ class Filesystem:
         # directory attributes the backend would not keep on `dir/` markers (SeaweedFS)
         self.dir_attr_overrides: LRUCache = LRUCache(maxsize=max(1, config.cache_entries))
         self.dir_metadata_kept: bool | None = None
+        # set by the FUSE adapter: drop a name from the kernel's dentry cache
+        self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
 
     # ------------------------------------------------------------------ helpers
     def node(self, ino: int) -> Node:
@@ -633,8 +636,19 @@ class Filesystem:
         return written
 
     async def flush(self, fh: int) -> None:
-        handle = self.handles.file(fh)
-        await self._upload(handle.node)
+        node = self.handles.file(fh).node
+        try:
+            await self._upload(node)
+        except NameTooLong as exc:
+            # the store will never take this key: close() gets the error, retrying is pointless
+            log.error("dropping data of %s: %s", self._describe(node), exc)
+            if node.attached():
+                parent, name = node.parent, node.name
+                self.inodes.detach(parent, name)
+                self.invalidate_entry(parent, name)
+            if node.staging is not None:
+                node.staging.clean_generation = node.staging.generation
+            raise
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh)
@@ -647,6 +661,8 @@ class Filesystem:
         node.open_handles -= 1
         try:
             await self._upload(node)
+        except NameTooLong:
+            return                  # reported to close() by flush; the node is gone
         except FSError as exc:
             log.error("could not upload %s at close (%s); the data stays staged and is retried at the next "
                       "flush or at unmount", self._describe(node), exc)
@@ -683,7 +699,8 @@ class Filesystem:
 
     def _drop_staging_if_idle(self, node: Node) -> None:
         staging = node.staging
-        if staging is not None and node.open_handles == 0 and not staging.dirty and node.in_s3:
+        if staging is not None and node.open_handles == 0 and not staging.dirty and \
+                (node.in_s3 or not node.attached()):
             self._drop_staging(node)
 
     # ------------------------------------------------------------------ whole filesystem

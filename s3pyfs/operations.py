@@ -64,6 +64,14 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.reraise_unexpected = False
         self.timeout = fs.cfg.stat_ttl
+        fs.invalidate_entry = self._invalidate_entry
+
+    @staticmethod
+    def _invalidate_entry(parent: int, name: str) -> None:
+        try:
+            pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+        except Exception:                     # not mounted (tests) or queue closed at unmount
+            log.debug("could not invalidate kernel entry %s", name, exc_info=True)
 
     # ---------------------------------------------------------------- attributes
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:

@@ -30,7 +30,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 
 from .concurrency import run_all
 from .credentials import StaticKeys
-from .errors import AccessDenied, CredentialsError, FSError, NotFound, RemoteIOError, RemoteTimeout
+from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NotFound, RemoteIOError,
+                     RemoteTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ def _translate(exc: BaseException, what: str) -> FSError:
             return NotFound(f"{what}: not found")
         if code in _DENIED:
             return AccessDenied(f"{what}: access denied")
+        if code == "KeyTooLongError":
+            return NameTooLong(f"{what}: the store refuses keys this long")
         if code in _BAD_CREDS:
             return AccessDenied(f"{what}: credentials rejected ({code})")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
