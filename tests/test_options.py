@@ -102,3 +102,24 @@ def test_s3fs_headers_round_trip():
 
 def test_unreadable_xattr_header_is_ignored():
     assert decode_xattrs("%7Bnot-json") == {}
+
+
+def test_man_page_documents_exactly_the_option_table():
+    import re
+    from pathlib import Path
+
+    from s3pyfs.options import OPTIONS
+    page = (Path(__file__).resolve().parent.parent / "man" / "s3pyfs.1").read_text()
+    section = page.split(".SH OPTIONS", 1)[1].split(".SH ", 1)[0]
+    documented = re.findall(r"^\.TP\n\\fB([a-z_]+)", section, flags=re.M)
+    assert documented == [opt.name for opt in OPTIONS]
+
+
+def test_man_page_renders_without_warnings():
+    import shutil
+    import subprocess
+    from pathlib import Path
+    page = Path(__file__).resolve().parent.parent / "man" / "s3pyfs.1"
+    assert shutil.which("groff"), "groff is needed to check the man page (apt-get install groff-base)"
+    result = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(page)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == ""
