@@ -34,7 +34,8 @@ import trio
 from .credentials import resolve_static_keys
 from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NotFound,
                      StartupError, UnreachableError, UsageError)
-from .filesystem import Config, Filesystem
+from .core import Config
+from .filesystem import Filesystem
 from .metadata import Defaults
 from .operations import Operations
 from .options import MountOptions

@@ -20,7 +20,8 @@ import pytest
 import trio
 
 from s3pyfs.errors import FSError
-from s3pyfs.filesystem import Config, Filesystem, RENAME_NOREPLACE
+from s3pyfs.core import Config
+from s3pyfs.filesystem import RENAME_NOREPLACE, Filesystem
 from s3pyfs.inodes import ROOT_INODE
 from s3pyfs.metadata import Defaults
 from s3pyfs.s3client import ClientSettings, open_client

@@ -1,0 +1,148 @@
+"""Attribute operations: setattr (chmod, chown, utimens, truncate) and user xattrs.
+
+Responsibility: change a node's attributes and store them in S3: with the
+data at the next upload when the file has unsaved data, else by copying the
+object onto itself with new headers (files), or by re-writing the `dir/`
+marker (directories: some stores cannot copy markers and some drop their
+metadata, in which case directory attributes are kept in memory).
+Invariant: an attribute change that S3 refused is rolled back in memory for
+xattrs; the S3 user-metadata limit (2 KiB) is checked before sending.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+
+from .core import now_ns
+from .errors import Exists, FSError, InvalidArgument, IsADirectory, NoAttribute, NoSpace, NotSupported
+from .files import FileOps
+from .inodes import ROOT_INODE, Node
+from .metadata import DIR_CONTENT_TYPE, S3_USER_METADATA_LIMIT, metadata_size, user_metadata
+
+log = logging.getLogger(__name__)
+
+XATTR_CREATE = 1
+XATTR_REPLACE = 2
+
+
+class AttributeOps(FileOps):
+    # ------------------------------------------------------------------ attributes
+    async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
+                      uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
+                      mtime_ns: int | None = None, fh: int | None = None) -> Node:
+        node = await self.getattr(ino)
+        self._writable()
+        now = now_ns()
+        attrs = node.attrs
+        changed_meta = False
+        if mode is not None:
+            attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
+            changed_meta = True
+        if uid is not None:
+            attrs.uid = uid
+            changed_meta = True
+        if gid is not None:
+            attrs.gid = gid
+            changed_meta = True
+        if atime_ns is not None:
+            attrs.atime_ns = atime_ns
+            changed_meta = True
+        if mtime_ns is not None:
+            attrs.mtime_ns = mtime_ns
+            changed_meta = True
+        if changed_meta:
+            attrs.ctime_ns = now
+        if size is not None:
+            if node.is_dir:
+                raise IsADirectory(node.name)
+            if not stat.S_ISREG(attrs.mode):
+                raise InvalidArgument("only regular files can be truncated")
+            staging = self._staging_for(node)
+            await staging.truncate(size, self._fetcher(node))
+            attrs.size = size
+            if mtime_ns is None:
+                attrs.mtime_ns = attrs.ctime_ns = now
+            if fh is None and node.open_handles == 0:
+                await self._upload(node)      # truncate(2) of a closed file persists now
+                self._drop_staging_if_idle(node)
+            return node
+        if changed_meta:
+            await self._persist_metadata(node)
+        return node
+
+    async def _persist_metadata(self, node: Node) -> None:
+        """Store a node's attributes (mode, owner, times, xattrs) in S3."""
+        meta = user_metadata(node.attrs)
+        if metadata_size(meta) > S3_USER_METADATA_LIMIT:
+            raise NoSpace("attributes exceed the 2 KiB S3 metadata limit")
+        if node.staging is not None and (node.staging.dirty or not node.in_s3):
+            return                              # uploaded with the data at the next flush
+        if node.ino == ROOT_INODE:
+            return                              # the mount root has no object of its own
+        if node.is_dir:
+            await self._persist_dir_metadata(node, meta)
+            return
+        key = self.inodes.file_key(node)
+        node.attrs.etag = await self.client.copy(key, key, node.attrs.size, metadata=meta,
+                                                 parallel=self.cfg.parallel) or node.attrs.etag
+        self.cache.invalidate(key)
+
+    async def _persist_dir_metadata(self, node: Node, meta: dict[str, str]) -> None:
+        marker = self.inodes.dir_prefix(node)
+        await self.client.put(marker, b"", meta, DIR_CONTENT_TYPE)
+        node.has_marker = True
+        if self.dir_metadata_kept is None:
+            head = await self.client.head(marker)
+            self.dir_metadata_kept = head is not None and head.metadata.get("mode") == meta["mode"]
+            if not self.dir_metadata_kept:
+                log.warning("this S3 backend drops metadata of directory markers; directory modes, owners "
+                            "and times are kept in memory for this mount only")
+        if not self.dir_metadata_kept:
+            self.dir_attr_overrides[marker] = node.attrs.copy()
+
+    # ------------------------------------------------------------------ xattrs
+    async def getxattr(self, ino: int, name: str) -> bytes:
+        node = await self.getattr(ino)
+        try:
+            return node.attrs.xattrs[name]
+        except KeyError:
+            raise NoAttribute(name) from None
+
+    async def listxattr(self, ino: int) -> list[str]:
+        node = await self.getattr(ino)
+        return sorted(node.attrs.xattrs)
+
+    async def setxattr(self, ino: int, name: str, value: bytes, flags: int = 0) -> None:
+        self._writable()
+        if not name.startswith("user."):
+            raise NotSupported(f"only user.* attributes can be stored, not {name}")
+        node = await self.getattr(ino)
+        xattrs = node.attrs.xattrs
+        if flags & XATTR_CREATE and name in xattrs:
+            raise Exists(name)
+        if flags & XATTR_REPLACE and name not in xattrs:
+            raise NoAttribute(name)
+        old = xattrs.get(name)
+        xattrs[name] = bytes(value)
+        try:
+            node.attrs.ctime_ns = now_ns()
+            await self._persist_metadata(node)
+        except FSError:
+            if old is None:
+                xattrs.pop(name, None)
+            else:
+                xattrs[name] = old
+            raise
+
+    async def removexattr(self, ino: int, name: str) -> None:
+        self._writable()
+        node = await self.getattr(ino)
+        if name not in node.attrs.xattrs:
+            raise NoAttribute(name)
+        old = node.attrs.xattrs.pop(name)
+        try:
+            await self._persist_metadata(node)
+        except FSError:
+            node.attrs.xattrs[name] = old
+            raise

@@ -1,0 +1,187 @@
+"""Shared state of the filesystem core: configuration, tables, name resolution.
+
+Responsibility: `CoreBase` owns the inode table, the handle table, the stat
+cache and the S3 client, and resolves a (directory, name) to a fresh `Node`.
+The operation groups build on it in one line: CoreBase -> FileOps (files.py)
+-> AttributeOps (attributes.py) -> Filesystem (filesystem.py).
+Invariants:
+  * A node with local data (staging) or never uploaded is authoritative: it is
+    never refreshed from S3 while that lasts.
+  * Lookup counts: every method returning a `Node` as a directory entry adds
+    one kernel lookup (`count_lookup`).
+  * Local changes invalidate the stat cache for the names they touch.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from typing import Callable
+
+from cachetools import LRUCache
+
+from . import namespace
+from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly
+from .handles import HandleTable
+from .inodes import ROOT_INODE, InodeTable, Node
+from .metadata import Attrs, Defaults, attrs_from_object
+from .s3client import ObjectInfo, S3Client
+from .stat_cache import StatCache
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+class Config:
+    """What the core needs to know of the mount options."""
+
+    def __init__(self, *, prefix: str = "", defaults: Defaults, read_only: bool = False,
+                 stat_ttl: float = 5.0, cache_entries: int = 100_000, staging_dir: str = "/var/tmp",
+                 multipart_size: int = 10 * 1024 * 1024, parallel: int = 8, root_mode: int = 0o755):
+        self.prefix = prefix
+        self.defaults = defaults
+        self.read_only = read_only
+        self.stat_ttl = stat_ttl
+        self.cache_entries = cache_entries
+        self.staging_dir = staging_dir
+        self.multipart_size = multipart_size
+        self.parallel = parallel
+        self.root_mode = root_mode
+
+
+class CoreBase:
+    """State and helpers shared by every group of operations."""
+
+    def __init__(self, client: S3Client, config: Config):
+        self.client = client
+        self.cfg = config
+        self.cache = StatCache(config.stat_ttl, config.cache_entries)
+        now = now_ns()
+        d = config.defaults
+        root = Attrs(stat.S_IFDIR | config.root_mode, d.uid, d.gid, 0, now, now, now)
+        self.inodes = InodeTable(root, config.prefix)
+        self.handles = HandleTable()
+        # directory attributes the backend would not keep on `dir/` markers (SeaweedFS)
+        self.dir_attr_overrides: LRUCache = LRUCache(maxsize=max(1, config.cache_entries))
+        self.dir_metadata_kept: bool | None = None
+        # set by the FUSE adapter: drop a name from the kernel's dentry cache
+        self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
+
+    # ------------------------------------------------------------------ helpers
+    def node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise NotFound(f"inode {ino} unknown")
+        return node
+
+    def _dir(self, ino: int) -> Node:
+        node = self.node(ino)
+        if not node.is_dir:
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return node
+
+    def _writable(self) -> None:
+        if self.cfg.read_only:
+            raise ReadOnly("mounted read-only")
+
+    def _check_new_name(self, parent: Node, name: str) -> str:
+        if not namespace.valid_name(name):
+            raise InvalidArgument(f"name {name!r} cannot be stored")
+        try:
+            key = self.inodes.key_for(parent, name)
+            encoded = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"name {name!r} is not valid UTF-8, which S3 keys need") from None
+        if len(encoded) + 1 > MAX_KEY_BYTES:
+            raise NameTooLong(f"key of {name!r} would exceed {MAX_KEY_BYTES} bytes")
+        return key
+
+    def _fresh(self, node: Node) -> bool:
+        return node.staging is not None or not node.in_s3 or node.expires > time.monotonic()
+
+    def _fetcher(self, node: Node):
+        async def fetch(start: int, end: int) -> bytes:
+            return await self.client.get_range(self.inodes.file_key(node), start, end)
+        return fetch
+
+    def _attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:
+        info = found.info
+        if info is None:
+            info = ObjectInfo(key + "/", 0, None, 0)
+        attrs = attrs_from_object(key_is_dir=found.is_dir, size=0 if found.is_dir else info.size,
+                                  etag=info.etag, last_modified_ns=info.last_modified_ns or now_ns(),
+                                  metadata=info.metadata, content_type=info.content_type,
+                                  defaults=self.cfg.defaults)
+        if found.is_dir:
+            override = self.dir_attr_overrides.get(key + "/")
+            if override is not None:
+                attrs = override.copy()
+        return attrs
+
+    def _apply_found(self, parent: Node, name: str, found: namespace.Found) -> Node:
+        key = self.inodes.key_for(parent, name)
+        attrs = self._attrs_from_found(found, key)
+        node = self.inodes.child(parent.ino, name)
+        ttl = self.cfg.stat_ttl
+        if node is not None and node.attrs.kind == attrs.kind:
+            if node.staging is None:
+                node.attrs = attrs
+            node.expires = time.monotonic() + ttl
+        else:
+            node = self.inodes.add(parent.ino, name, attrs, ttl)
+        node.has_marker = found.is_dir and found.info is not None and not found.legacy_dir_key
+        node.legacy_dir_key = found.legacy_dir_key
+        node.in_s3 = True
+        if not attrs.is_symlink():
+            node.symlink_target = None
+        return node
+
+    async def _resolve(self, parent: Node, name: str) -> Node | None:
+        """The child `name` of `parent`, refreshed from S3 when stale; None if absent."""
+        node = self.inodes.child(parent.ino, name)
+        if node is not None and self._fresh(node):
+            return node
+        dir_prefix = self.inodes.dir_prefix(parent)
+        found = await namespace.probe(self.client, self.cache, dir_prefix, name, self.cache.listing(dir_prefix))
+        if found is None:
+            if node is not None and node.open_handles == 0:
+                self.inodes.detach(parent.ino, name)
+            elif node is not None:
+                return node      # open elsewhere: keep serving the handle's view
+            return None
+        return self._apply_found(parent, name, found)
+
+    def count_lookup(self, node: Node) -> Node:
+        node.lookups += 1
+        return node
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        if not self._fresh(node) and node.attached() and node.ino != ROOT_INODE:
+            parent = self.inodes.get(node.parent)
+            if parent is not None:
+                refreshed = await self._resolve(parent, node.name)
+                if refreshed is None:
+                    raise NotFound(f"{node.name} no longer exists")
+                if refreshed is not node:
+                    # replaced remotely by an object of another type; report it under this inode
+                    node.attrs = refreshed.attrs
+                    node.expires = refreshed.expires
+        return node
+
+    def _touch_dir(self, directory: Node) -> None:
+        now = now_ns()
+        directory.attrs.mtime_ns = directory.attrs.ctime_ns = now
+        self.cache.invalidate(self.inodes.dir_prefix(directory))
+
+    def _describe(self, node: Node) -> str:
+        try:
+            return self.inodes.file_key(node)
+        except KeyError:
+            return f"inode {node.ino} (unlinked)"

@@ -1,0 +1,159 @@
+"""File data operations: open, read, write, flush, fsync, release, drain.
+
+Responsibility: connect handles to the read path (`reader.ObjectReader` for
+clean objects) and the write path (`writeback.Staging` per written inode),
+and decide when staged data goes to S3.
+Invariants (data safety, see ARCHITECTURE.md):
+  * `flush`/`fsync` return only after the upload succeeded, or raise.
+  * A failed upload at `release` keeps the staging file and the node (dirty)
+    for the next flush or the unmount drain; nothing is dropped silently.
+  * A key the store refuses for good (too long) fails the flush with
+    ENAMETOOLONG and is then dropped, since no retry can succeed.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import logging
+import os
+import stat
+
+from .core import CoreBase, now_ns
+from .errors import FSError, IsADirectory, NameTooLong
+from .handles import FileHandle
+from .inodes import Node
+from .metadata import user_metadata
+from .reader import ObjectReader
+from .writeback import Staging
+
+log = logging.getLogger(__name__)
+
+
+class FileOps(CoreBase):
+    # ------------------------------------------------------------------ files
+    async def open(self, ino: int, flags: int) -> FileHandle:
+        node = self.node(ino)
+        if node.is_dir:
+            raise IsADirectory(node.name)
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._writable()
+        if not node.attrs.is_symlink() and not stat.S_ISREG(node.attrs.mode):
+            raise FSError("special files cannot be opened on this filesystem", errno=E.ENXIO)
+        handle = self.handles.add_file(node, writable)
+        node.open_handles += 1
+        if node.staging is None:
+            await self.getattr(ino)             # close-to-open: see the newest object
+            handle.reader = ObjectReader(self._fetcher(node), node.attrs.size,
+                                         part=8 * 1024 * 1024, parallel=min(4, self.cfg.parallel))
+        return handle
+
+    def _staging_for(self, node: Node) -> Staging:
+        if node.staging is None:
+            size = node.attrs.size if node.in_s3 else 0
+            node.staging = Staging(self.cfg.staging_dir, size, size)
+            for handle in self.handles.files_of(node):
+                if handle.reader is not None:
+                    handle.reader.drop()
+                    handle.reader = None
+        return node.staging
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.handles.file(fh)
+        node = handle.node
+        if node.staging is not None:
+            return await node.staging.read(offset, size, self._fetcher(node))
+        if handle.reader is None:
+            handle.reader = ObjectReader(self._fetcher(node), node.attrs.size)
+        return await handle.reader.read(offset, size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.handles.file(fh)
+        if not handle.writable:
+            raise FSError("file not open for writing", errno=E.EBADF)
+        node = handle.node
+        staging = self._staging_for(node)
+        written = await staging.write(offset, data, self._fetcher(node))
+        node.attrs.size = staging.size
+        node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
+        return written
+
+    async def flush(self, fh: int) -> None:
+        node = self.handles.file(fh).node
+        try:
+            await self._upload(node)
+        except NameTooLong as exc:
+            # the store will never take this key: close() gets the error, retrying is pointless
+            log.error("dropping data of %s: %s", self._describe(node), exc)
+            if node.attached():
+                parent, name = node.parent, node.name
+                self.inodes.detach(parent, name)
+                self.invalidate_entry(parent, name)
+            if node.staging is not None:
+                node.staging.clean_generation = node.staging.generation
+            raise
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        if not isinstance(handle, FileHandle):
+            return
+        node = handle.node
+        node.open_handles -= 1
+        try:
+            await self._upload(node)
+        except NameTooLong:
+            return                  # reported to close() by flush; the node is gone
+        except FSError as exc:
+            log.error("could not upload %s at close (%s); the data stays staged and is retried at the next "
+                      "flush or at unmount", self._describe(node), exc)
+            return
+        self._drop_staging_if_idle(node)
+        self.inodes.forget_if_unused(node)
+
+    async def _upload(self, node: Node) -> None:
+        staging = node.staging
+        if staging is None or not (staging.dirty or not node.in_s3):
+            return
+        if not node.attached():
+            staging.clean_generation = staging.generation      # unlinked: nothing to keep
+            return
+        key = self.inodes.file_key(node)
+        etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
+                                    self.cfg.multipart_size, self.cfg.parallel)
+        if node.staging is staging:
+            node.attrs.etag = etag
+            node.in_s3 = True
+        self.cache.invalidate(key)
+
+    def _drop_staging(self, node: Node) -> None:
+        if node.staging is not None:
+            node.staging.close()
+            node.staging = None
+        self.inodes.forget_if_unused(node)
+
+    def _drop_staging_if_idle(self, node: Node) -> None:
+        staging = node.staging
+        if staging is not None and node.open_handles == 0 and not staging.dirty and \
+                (node.in_s3 or not node.attached()):
+            self._drop_staging(node)
+
+    # ------------------------------------------------------------------ whole filesystem
+    def dirty_nodes(self) -> list[Node]:
+        return [n for n in self.inodes.nodes.values()
+                if n.staging is not None and (n.staging.dirty or not n.in_s3) and n.attached()]
+
+    async def drain(self) -> list[str]:
+        """Upload every dirty file; returns the keys that could not be uploaded."""
+        failed: list[str] = []
+        for node in self.dirty_nodes():
+            try:
+                await self._upload(node)
+                self._drop_staging_if_idle(node)
+            except FSError as exc:
+                key = self._describe(node)
+                log.error("could not upload %s: %s", key, exc)
+                failed.append(key)
+        return failed
