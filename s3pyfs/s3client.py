@@ -1,8 +1,9 @@
 """The narrow S3 API of s3pyfs; the only module that imports aiobotocore/botocore.
 
-Responsibility: S3 requests for one bucket, run natively on trio through
-aiobotocore's httpx session (see ARCHITECTURE.md for the measurement that
-chose it over an asyncio thread).
+Responsibility: S3 requests for one bucket.  aiobotocore runs with its aiohttp
+backend on an asyncio loop in a dedicated thread (`loop_thread.LoopThread`);
+every call is handed over from trio and awaited there.  ARCHITECTURE.md has
+the measurement that chose this over aiobotocore's httpx backend on trio.
 Invariants:
   * Every public coroutine finishes within `request_timeout` seconds (all
     retries included) or raises `RemoteTimeout`; botocore's standard retry
@@ -15,21 +16,22 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
-import io
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable, Coroutine
 
+import aiohttp
 import trio
 from aiobotocore.config import AioConfig
-from aiobotocore.httpxsession import HttpxSession
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from .concurrency import run_all
 from .credentials import StaticKeys
+from .loop_thread import LoopThread
 from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NotFound, RemoteIOError,
                      RemoteTimeout)
 
@@ -99,23 +101,6 @@ def _translate(exc: BaseException, what: str) -> FSError:
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-class _Payload(io.BytesIO):
-    """Request body iterated in 1 MiB chunks.
-
-    aiobotocore's httpx session streams a BytesIO body by iterating it, and a
-    plain BytesIO iterates *lines*: binary data then goes out in ~256-byte
-    pieces with an event-loop round trip each (measured: 10 MiB PUT 3.0 s
-    instead of 0.09 s).  Seekable, so botocore can rewind it for retries.
-    """
-
-    def __iter__(self):
-        while True:
-            chunk = self.read(1024 * 1024)
-            if not chunk:
-                return
-            yield chunk
-
-
 def _ns(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
@@ -127,91 +112,87 @@ def _etag(value: str | None) -> str | None:
 class S3Client:
     """Requests against one bucket.  Create with `open_client(settings)`."""
 
-    def __init__(self, client, settings: ClientSettings):
+    def __init__(self, client, settings: ClientSettings, loop: LoopThread):
         self._c = client
+        self._loop = loop
         self.settings = settings
         self.bucket = settings.bucket
 
-    @asynccontextmanager
-    async def _call(self, what: str):
+    async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Run `op()` on the asyncio thread within the deadline; errors become FSError."""
         try:
             with trio.fail_after(self.settings.request_timeout):
-                yield
+                return await self._loop.run(op())
         except trio.TooSlowError:
             raise RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s") from None
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, what) from None
-        except OSError as exc:
-            raise RemoteIOError(f"{what}: {exc}") from None
+        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise RemoteIOError(f"{what}: {type(exc).__name__}: {exc}") from None
 
     async def head(self, key: str) -> ObjectInfo | None:
         """Object info with user metadata, or None when the key does not exist."""
         try:
-            async with self._call(f"HEAD {key}"):
-                r = await self._c.head_object(Bucket=self.bucket, Key=key)
+            r = await self._do(f"HEAD {key}", lambda: self._c.head_object(Bucket=self.bucket, Key=key))
         except NotFound:
             return None
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _etag(r.get("ETag")),
                           _ns(r.get("LastModified")), dict(r.get("Metadata") or {}), r.get("ContentType"))
 
-    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+    async def _get(self, key: str, **kwargs) -> tuple[dict, bytes]:
+        async def op():
+            r = await self._c.get_object(Bucket=self.bucket, Key=key, **kwargs)
+            async with r["Body"] as body:
+                return r, await body.read()
+        return await self._do(f"GET {key} {kwargs.get('Range', '')}".rstrip(), op)
+
+    async def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of `key`; fewer only at the end of the object."""
         if end <= start:
             return b""
-        kwargs = {"IfMatch": f'"{etag}"'} if etag else {}
-        async with self._call(f"GET {key} [{start}, {end})"):
-            r = await self._c.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}", **kwargs)
-            async with r["Body"] as body:
-                data = await body.read()
+        r, data = await self._get(key, Range=f"bytes={start}-{end - 1}")
         expected = int(r.get("ContentLength", len(data)))
         if len(data) != expected:
             raise RemoteIOError(f"GET {key}: short body ({len(data)} of {expected} bytes)")
         return data
 
     async def get_all(self, key: str) -> bytes:
-        async with self._call(f"GET {key}"):
-            r = await self._c.get_object(Bucket=self.bucket, Key=key)
-            async with r["Body"] as body:
-                return await body.read()
+        return (await self._get(key))[1]
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str], content_type: str | None = None) -> str | None:
         kwargs = {"ContentType": content_type} if content_type else {}
-        async with self._call(f"PUT {key}"):
-            r = await self._c.put_object(Bucket=self.bucket, Key=key, Body=_Payload(body), Metadata=metadata,
-                                         **kwargs)
+        r = await self._do(f"PUT {key}", lambda: self._c.put_object(
+            Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **kwargs))
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
         kwargs = {"ContentType": content_type} if content_type else {}
-        async with self._call(f"CreateMultipartUpload {key}"):
-            r = await self._c.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata, **kwargs)
+        r = await self._do(f"CreateMultipartUpload {key}", lambda: self._c.create_multipart_upload(
+            Bucket=self.bucket, Key=key, Metadata=metadata, **kwargs))
         return r["UploadId"]
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        async with self._call(f"UploadPart {key} #{number}"):
-            r = await self._c.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                          PartNumber=number, Body=_Payload(data))
+        r = await self._do(f"UploadPart {key} #{number}", lambda: self._c.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data))
         return r["ETag"]
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
                                start: int, end: int) -> str:
-        async with self._call(f"UploadPartCopy {source_key} -> {key} #{number}"):
-            r = await self._c.upload_part_copy(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                               CopySource={"Bucket": self.bucket, "Key": source_key},
-                                               CopySourceRange=f"bytes={start}-{end - 1}")
+        r = await self._do(f"UploadPartCopy {source_key} -> {key} #{number}", lambda: self._c.upload_part_copy(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": source_key}, CopySourceRange=f"bytes={start}-{end - 1}"))
         return r["CopyPartResult"]["ETag"]
 
     async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> str | None:
         parts = [{"PartNumber": i, "ETag": etag} for i, etag in enumerate(etags, 1)]
-        async with self._call(f"CompleteMultipartUpload {key}"):
-            r = await self._c.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
-                                                        MultipartUpload={"Parts": parts})
+        r = await self._do(f"CompleteMultipartUpload {key}", lambda: self._c.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
         return _etag(r.get("ETag"))
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
-            async with self._call(f"AbortMultipartUpload {key}"):
-                await self._c.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            await self._do(f"AbortMultipartUpload {key}", lambda: self._c.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id))
         except FSError as exc:
             log.warning("could not abort multipart upload of %s (%s); a lifecycle rule should remove it", key, exc)
 
@@ -225,9 +206,8 @@ class S3Client:
             kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
             if content_type:
                 kwargs["ContentType"] = content_type
-        async with self._call(f"COPY {source_key} -> {key}"):
-            r = await self._c.copy_object(Bucket=self.bucket, Key=key,
-                                          CopySource={"Bucket": self.bucket, "Key": source_key}, **kwargs)
+        r = await self._do(f"COPY {source_key} -> {key}", lambda: self._c.copy_object(
+            Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}, **kwargs))
         return _etag(r.get("CopyObjectResult", {}).get("ETag"))
 
     async def _copy_multipart(self, source_key, key, size, metadata, content_type, parallel) -> str | None:
@@ -239,6 +219,7 @@ class S3Client:
         upload_id = await self.create_multipart(key, metadata, content_type)
         ranges = [(start, min(start + COPY_PART_SIZE, size)) for start in range(0, size, COPY_PART_SIZE)]
         etags: list[str] = [""] * len(ranges)
+
         async def one(index: int) -> None:
             start, end = ranges[index]
             etags[index] = await self.upload_part_copy(key, upload_id, index + 1, source_key, start, end)
@@ -255,8 +236,8 @@ class S3Client:
         kwargs = {"ContinuationToken": token} if token else {}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        async with self._call(f"LIST {prefix}"):
-            r = await self._c.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=max_keys, **kwargs)
+        r = await self._do(f"LIST {prefix}", lambda: self._c.list_objects_v2(
+            Bucket=self.bucket, Prefix=prefix, MaxKeys=max_keys, **kwargs))
         objects = [ObjectInfo(o["Key"], int(o.get("Size", 0)), _etag(o.get("ETag")), _ns(o.get("LastModified")))
                    for o in r.get("Contents", [])]
         prefixes = [p["Prefix"] for p in r.get("CommonPrefixes", [])]
@@ -272,15 +253,13 @@ class S3Client:
                 return
 
     async def delete(self, key: str) -> None:
-        async with self._call(f"DELETE {key}"):
-            await self._c.delete_object(Bucket=self.bucket, Key=key)
+        await self._do(f"DELETE {key}", lambda: self._c.delete_object(Bucket=self.bucket, Key=key))
 
     async def delete_many(self, keys: list[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start:start + DELETE_BATCH]
-            async with self._call(f"DeleteObjects ({len(batch)} keys)"):
-                r = await self._c.delete_objects(Bucket=self.bucket,
-                                                 Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            r = await self._do(f"DeleteObjects ({len(batch)} keys)", lambda: self._c.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}))
             errors = r.get("Errors") or []
             if errors:
                 first = errors[0]
@@ -290,8 +269,7 @@ class S3Client:
     async def check_bucket(self) -> None:
         """A cheap request proving endpoint, credentials and bucket (raises StartupError kinds)."""
         try:
-            async with self._call(f"LIST bucket {self.bucket}"):
-                await self._c.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            await self._do(f"LIST bucket {self.bucket}", lambda: self._c.list_objects_v2(Bucket=self.bucket, MaxKeys=1))
         except AccessDenied as exc:
             raise CredentialsError(f"bucket {self.bucket}: {exc}") from None
 
@@ -302,7 +280,6 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
     if settings.profile:
         session.set_config_variable("profile", settings.profile)
     config = AioConfig(
-        http_session_cls=HttpxSession,
         region_name=settings.region or "us-east-1",
         s3={"addressing_style": "path" if settings.path_style else "auto"},
         retries={"mode": "standard", "total_max_attempts": settings.retries},
@@ -317,13 +294,17 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
     if keys is not None:
         kwargs = {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key,
                   "aws_session_token": keys.session_token}
+    loop = LoopThread()
     try:
-        client_cm = session.create_client("s3", endpoint_url=settings.endpoint_url, config=config, **kwargs)
-        client = await client_cm.__aenter__()
-    except BotoCoreError as exc:
-        raise CredentialsError(f"cannot set up the S3 client: {type(exc).__name__}") from None
-    try:
-        yield S3Client(client, settings)
+        try:
+            client_cm = session.create_client("s3", endpoint_url=settings.endpoint_url, config=config, **kwargs)
+            client = await loop.run(client_cm.__aenter__())
+        except BotoCoreError as exc:
+            raise CredentialsError(f"cannot set up the S3 client: {type(exc).__name__}") from None
+        try:
+            yield S3Client(client, settings, loop)
+        finally:
+            with trio.CancelScope(shield=True):
+                await loop.run(client_cm.__aexit__(None, None, None))
     finally:
-        with trio.CancelScope(shield=True):
-            await client_cm.__aexit__(None, None, None)
+        loop.close()
