@@ -85,6 +85,10 @@ class RemoteIOError(FSError):
     errno = _errno.EIO
 
 
+class NoSuchBucket(RemoteIOError):
+    """The bucket itself is missing (EIO for file operations, exit 4 at start-up)."""
+
+
 class RemoteTimeout(RemoteIOError):
     """An S3 call did not finish within its deadline."""
 

@@ -32,7 +32,7 @@ import pyfuse3
 import trio
 
 from .credentials import resolve_static_keys
-from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NotFound,
+from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NoSuchBucket,
                      StartupError, UnreachableError, UsageError)
 from .core import Config
 from .filesystem import Filesystem
@@ -207,7 +207,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
     async with open_client(settings) as client:
         try:
             await client.check_bucket()
-        except NotFound:
+        except NoSuchBucket:
             raise UnreachableError(f"bucket {opts.bucket} does not exist at {settings.endpoint_url or 'AWS'}") from None
         except CredentialsError:
             raise

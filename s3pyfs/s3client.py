@@ -32,8 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from .concurrency import run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
-from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NotFound, RemoteIOError,
-                     RemoteTimeout)
+from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
+                     RemoteIOError, RemoteTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ def _translate(exc: BaseException, what: str) -> FSError:
             return NotFound(f"{what}: not found")
         if code in _DENIED:
             return AccessDenied(f"{what}: access denied")
+        if code == "NoSuchBucket":
+            return NoSuchBucket(f"{what}: the bucket does not exist")
         if code == "KeyTooLongError":
             return NameTooLong(f"{what}: the store refuses keys this long")
         if code in _BAD_CREDS:

@@ -343,3 +343,19 @@ def socket_on_free_port():
         finally:
             sock.close()
     return bound()
+
+
+async def test_rename_of_object_over_copy_limit_uses_multipart_copy(core, monkeypatch):
+    from s3pyfs import s3client
+    monkeypatch.setattr(s3client, "MAX_SINGLE_COPY", 5 * MiB)      # stands in for 5 GiB
+    monkeypatch.setattr(s3client, "COPY_PART_SIZE", 5 * MiB)
+    fs, s3, bucket = core
+    data = os.urandom(11 * MiB)
+    s3.put_object(Bucket=bucket, Key="huge", Body=data, Metadata={"mode": str(stat.S_IFREG | 0o600)})
+    await fs.lookup(ROOT_INODE, "huge")
+    await fs.rename(ROOT_INODE, "huge", ROOT_INODE, "moved")
+    head = s3.head_object(Bucket=bucket, Key="moved")
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
+    assert body(s3, bucket, "moved") == data
+    assert "huge" not in keys(s3, bucket)

@@ -1,0 +1,22 @@
+# s3pyfs developer entry points (see README):
+#   make demo       bootstrap, start a local S3 server, mount a bucket, show it off
+#   make demo-stop  unmount the demo and stop its S3 server
+#   make test       bootstrap, then run the whole test suite
+# scripts/bootstrap.sh installs Debian packages and .venv; it is quick when
+# there is nothing to do.
+
+.PHONY: all bootstrap demo demo-stop test
+
+all: test
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	@bash scripts/demo.sh
+
+demo-stop:
+	@bash scripts/demo-stop.sh
+
+test: bootstrap
+	.venv/bin/python -m pytest -q tests
