@@ -86,7 +86,6 @@ class AttributeOps(FileOps):
         key = self.inodes.file_key(node)
         node.attrs.etag = await self.client.copy(key, key, node.attrs.size, metadata=meta,
                                                  parallel=self.cfg.parallel) or node.attrs.etag
-        self.cache.invalidate(key)
 
     async def _persist_dir_metadata(self, node: Node, meta: dict[str, str]) -> None:
         marker = self.inodes.dir_prefix(node)

@@ -27,7 +27,7 @@ from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
 from .metadata import Attrs, Defaults, attrs_from_object
 from .s3client import ObjectInfo, S3Client
-from .stat_cache import StatCache
+from .stat_cache import ListedEntry, StatCache
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,13 @@ class Config:
     """What the core needs to know of the mount options."""
 
     def __init__(self, *, prefix: str = "", defaults: Defaults, read_only: bool = False,
-                 stat_ttl: float = 5.0, cache_entries: int = 100_000, staging_dir: str = "/var/tmp",
+                 stat_ttl: float = 5.0, negative_ttl: float = 1.0, cache_entries: int = 100_000, staging_dir: str = "/var/tmp",
                  multipart_size: int = 10 * 1024 * 1024, parallel: int = 8, root_mode: int = 0o755):
         self.prefix = prefix
         self.defaults = defaults
         self.read_only = read_only
         self.stat_ttl = stat_ttl
+        self.negative_ttl = min(negative_ttl, stat_ttl)
         self.cache_entries = cache_entries
         self.staging_dir = staging_dir
         self.multipart_size = multipart_size
@@ -61,7 +62,7 @@ class CoreBase:
     def __init__(self, client: S3Client, config: Config):
         self.client = client
         self.cfg = config
-        self.cache = StatCache(config.stat_ttl, config.cache_entries)
+        self.cache = StatCache(config.negative_ttl, config.cache_entries)
         now = now_ns()
         d = config.defaults
         root = Attrs(stat.S_IFDIR | config.root_mode, d.uid, d.gid, 0, now, now, now)
@@ -148,7 +149,7 @@ class CoreBase:
         if node is not None and self._fresh(node):
             return node
         dir_prefix = self.inodes.dir_prefix(parent)
-        found = await namespace.probe(self.client, self.cache, dir_prefix, name, self.cache.listing(dir_prefix))
+        found = await namespace.probe(self.client, self.cache, dir_prefix, name)
         if found is None:
             if node is not None and node.open_handles == 0:
                 self.inodes.detach(parent.ino, name)
@@ -176,9 +177,19 @@ class CoreBase:
         return node
 
     def _touch_dir(self, directory: Node) -> None:
-        now = now_ns()
-        directory.attrs.mtime_ns = directory.attrs.ctime_ns = now
-        self.cache.invalidate(self.inodes.dir_prefix(directory))
+        directory.attrs.mtime_ns = directory.attrs.ctime_ns = now_ns()
+
+    def _name_added(self, parent: Node, name: str, node: Node) -> None:
+        """Keep the caches true after `name` appeared in `parent` through this mount."""
+        attrs = node.attrs
+        self.cache.note_added(self.inodes.dir_prefix(parent), name,
+                              ListedEntry(node.is_dir, attrs.size, attrs.etag, attrs.mtime_ns))
+        if node.is_dir:
+            self.cache.invalidate_tree(self.inodes.key_for(parent, name) + "/")
+
+    def _name_removed(self, parent: Node, name: str) -> None:
+        self.cache.note_removed(self.inodes.dir_prefix(parent), name)
+        self.cache.invalidate_tree(self.inodes.key_for(parent, name) + "/")
 
     def _describe(self, node: Node) -> str:
         try:

@@ -126,7 +126,9 @@ class FileOps(CoreBase):
         if node.staging is staging:
             node.attrs.etag = etag
             node.in_s3 = True
-        self.cache.invalidate(key)
+        parent = self.inodes.get(node.parent)
+        if parent is not None:
+            self._name_added(parent, node.name, node)
 
     def _drop_staging(self, node: Node) -> None:
         if node.staging is not None:

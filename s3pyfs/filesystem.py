@@ -112,9 +112,10 @@ class Filesystem(AttributeOps):
         now = now_ns()
         attrs = Attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
         await self.client.put(key + "/", b"", user_metadata(attrs), DIR_CONTENT_TYPE)
-        self.cache.invalidate(key + "/")
         node = self.inodes.add(parent.ino, name, attrs, self.cfg.stat_ttl)
         node.has_marker = True
+        self._name_added(parent, name, node)
+        self.cache.remember_listing(key + "/", {})        # new, hence empty
         self._touch_dir(parent)
         return self.count_lookup(node)
 
@@ -130,7 +131,7 @@ class Filesystem(AttributeOps):
         key = self.inodes.key_for(parent, name)
         await self._delete_dir_objects(key)
         self.dir_attr_overrides.pop(key + "/", None)
-        self.cache.invalidate_tree(key + "/")
+        self._name_removed(parent, name)
         self.inodes.detach(parent.ino, name)
         self._touch_dir(parent)
 
@@ -147,7 +148,7 @@ class Filesystem(AttributeOps):
     async def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int, gid: int) -> tuple[FileHandle, Node]:
         self._writable()
         parent = self._dir(parent_ino)
-        key = self._check_new_name(parent, name)
+        self._check_new_name(parent, name)
         existing = await self._resolve(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
@@ -162,7 +163,7 @@ class Filesystem(AttributeOps):
         node.in_s3 = False
         node.staging = Staging(self.cfg.staging_dir, 0, 0)
         node.staging.mark_dirty()           # an empty file must reach S3 too
-        self.cache.invalidate(key)
+        self._name_added(parent, name, node)
         self._touch_dir(parent)
         self.count_lookup(node)
         return await self.open(node.ino, flags), node
@@ -180,8 +181,8 @@ class Filesystem(AttributeOps):
         now = now_ns()
         attrs = Attrs(mode, uid, gid, 0, now, now, now, rdev=rdev)
         attrs.etag = await self.client.put(key, b"", user_metadata(attrs))
-        self.cache.invalidate(key)
         node = self.inodes.add(parent.ino, name, attrs, self.cfg.stat_ttl)
+        self._name_added(parent, name, node)
         self._touch_dir(parent)
         return self.count_lookup(node)
 
@@ -195,9 +196,9 @@ class Filesystem(AttributeOps):
         now = now_ns()
         attrs = Attrs(stat.S_IFLNK | 0o777, uid, gid, len(body), now, now, now)
         attrs.etag = await self.client.put(key, body, user_metadata(attrs))
-        self.cache.invalidate(key)
         node = self.inodes.add(parent.ino, name, attrs, self.cfg.stat_ttl)
         node.symlink_target = target
+        self._name_added(parent, name, node)
         self._touch_dir(parent)
         return self.count_lookup(node)
 
@@ -215,7 +216,7 @@ class Filesystem(AttributeOps):
         key = self.inodes.key_for(parent, name)
         if node.in_s3:
             await self.client.delete(key)
-        self.cache.invalidate(key)
+        self._name_removed(parent, name)
         self.inodes.detach(parent.ino, name)
         if node.staging is not None and node.open_handles == 0:
             self._drop_staging(node)
@@ -254,14 +255,11 @@ class Filesystem(AttributeOps):
             if dst is not None and dst.is_dir:
                 raise IsADirectory(new_name)
             await self._rename_file(src, new_key)
-        old_key = self.inodes.key_for(old_parent, old_name)
-        self.cache.invalidate_tree(old_key + "/")
-        self.cache.invalidate_tree(new_key + "/")
-        self.cache.invalidate(old_key)
-        self.cache.invalidate(new_key)
+        self._name_removed(old_parent, old_name)
         if dst is not None and dst.staging is not None and dst.open_handles == 0:
             self._drop_staging(dst)
         self.inodes.move(src, new_parent.ino, new_name)
+        self._name_added(new_parent, new_name, src)
         src.attrs.ctime_ns = now_ns()
         self._touch_dir(old_parent)
         self._touch_dir(new_parent)

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 
 from .concurrency import run_all
-from .s3client import ObjectInfo, S3Client
+from .s3client import ListPage, ObjectInfo, S3Client
 from .stat_cache import ListedEntry, StatCache
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,19 @@ def valid_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
-async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str,
-                listing: dict[str, ListedEntry] | None) -> Found | None:
-    """What `name` in the directory `dir_prefix` is, or None if nothing."""
+async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str) -> Found | None:
+    """What `name` in the directory `dir_prefix` is, or None if nothing.
+
+    With the stat cache on, the first lookup in a directory lists it (one page):
+    a complete listing then answers every lookup there, found or not, until it
+    expires; a directory larger than a page is probed name by name instead.
+    """
     key = dir_prefix + name
     if cache.is_missing(key):
         return None
+    listing = cache.listing(dir_prefix)
+    if listing is None and cache.enabled and not cache.is_large(dir_prefix):
+        listing = await list_small_directory(client, cache, dir_prefix)
     if listing is not None:
         entry = listing.get(name)
         if entry is None:
@@ -55,6 +62,17 @@ async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str,
     if found is None:
         cache.add_missing(key)
     return found
+
+
+async def list_small_directory(client: S3Client, cache: StatCache, dir_prefix: str) -> dict[str, ListedEntry] | None:
+    """The whole listing of a directory if it fits one page (cached), else None."""
+    page, token = await client.list_page(dir_prefix, delimiter="/")
+    if token:
+        cache.note_large(dir_prefix)
+        return None
+    entries = _merge_page({}, dir_prefix, page)
+    cache.remember_listing(dir_prefix, entries)
+    return entries
 
 
 def _classify_file(info: ObjectInfo) -> Found:
@@ -92,30 +110,35 @@ async def list_directory(client: S3Client, dir_prefix: str) -> dict[str, ListedE
     """All names in a directory, from every page of a delimited listing."""
     entries: dict[str, ListedEntry] = {}
     async for page in client.list(dir_prefix, delimiter="/"):
-        for obj in page.objects:
-            name = obj.key[len(dir_prefix):]
-            if name == "":
-                continue  # the directory's own marker
-            if name.endswith(FOLDER_SUFFIX) and obj.size == 0:
-                name = name[:-len(FOLDER_SUFFIX)]
-                if valid_name(name):
-                    entries[name] = ListedEntry(True)
-                continue
-            if not valid_name(name):
-                log.debug("skipping key %r: not usable as a file name", obj.key)
-                continue
-            if name in entries and entries[name].is_dir:
-                log.debug("%s is both a file and a directory; showing the directory", obj.key)
-                continue
-            entries[name] = ListedEntry(False, obj.size, obj.etag, obj.last_modified_ns)
-        for prefix in page.prefixes:
-            name = prefix[len(dir_prefix):-1]
-            if not valid_name(name):
-                log.debug("skipping prefix %r: not usable as a directory name", prefix)
-                continue
-            if name in entries and not entries[name].is_dir:
-                log.debug("%s is both a file and a directory; showing the directory", prefix)
-            entries[name] = ListedEntry(True)
+        _merge_page(entries, dir_prefix, page)
+    return entries
+
+
+def _merge_page(entries: dict[str, ListedEntry], dir_prefix: str, page: ListPage) -> dict[str, ListedEntry]:
+    for obj in page.objects:
+        name = obj.key[len(dir_prefix):]
+        if name == "":
+            continue  # the directory's own marker
+        if name.endswith(FOLDER_SUFFIX) and obj.size == 0:
+            name = name[:-len(FOLDER_SUFFIX)]
+            if valid_name(name):
+                entries[name] = ListedEntry(True)
+            continue
+        if not valid_name(name):
+            log.debug("skipping key %r: not usable as a file name", obj.key)
+            continue
+        if name in entries and entries[name].is_dir:
+            log.debug("%s is both a file and a directory; showing the directory", obj.key)
+            continue
+        entries[name] = ListedEntry(False, obj.size, obj.etag, obj.last_modified_ns)
+    for prefix in page.prefixes:
+        name = prefix[len(dir_prefix):-1]
+        if not valid_name(name):
+            log.debug("skipping prefix %r: not usable as a directory name", prefix)
+            continue
+        if name in entries and not entries[name].is_dir:
+            log.debug("%s is both a file and a directory; showing the directory", prefix)
+        entries[name] = ListedEntry(True)
     return entries
 
 

@@ -4,10 +4,14 @@ Responsibility: spare S3 round trips for names looked up again and again
 (shells and build tools probe many names that do not exist) and let a lookup
 after `readdir` skip the probing HEAD/LIST sequence.
 Invariants:
-  * Entries expire after `ttl` seconds (the `stat_cache_expire=` option) and the
+  * Entries expire after `ttl` seconds (the `negative_cache_expire=` option, short
+    because it decides how soon names created by other clients appear) and the
     caches hold at most `maxsize` entries each (cachetools' TTLCache, LRU past that).
-  * Every local change of a name calls `invalidate(key)` before it returns, so
-    this mount never answers from a stale entry about its own changes.
+  * Every local change of a name updates the caches before it returns
+    (`note_added`, `note_removed`, `invalidate_tree`), so this mount never
+    answers from a stale entry about its own changes; a cached listing stays
+    complete for names created or removed here.
+  * Changes made by other clients become visible when entries expire.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class StatCache:
         size = max(1, maxsize)
         self._missing: TTLCache = TTLCache(size, max(ttl, 1e-9))
         self._listed: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
+        self._large: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
         self.hits = 0
         self.misses = 0
 
@@ -57,20 +62,36 @@ class StatCache:
             self.hits += 1
         return entries
 
-    def invalidate(self, key: str) -> None:
-        """Forget what is known of `key`, of `key/` and of the listing holding it."""
-        self._missing.pop(key, None)
-        self._missing.pop(key.rstrip("/"), None)
-        parent = key.rstrip("/").rpartition("/")[0]
-        self._listed.pop(parent + "/" if parent else "", None)
-        self._listed.pop(key.rstrip("/") + "/", None)
+    def note_added(self, dir_prefix: str, name: str, entry: ListedEntry) -> None:
+        """A name was created here: keep a cached listing of its directory complete."""
+        self._missing.pop(dir_prefix + name, None)
+        listing = self._listed.get(dir_prefix)
+        if listing is not None:
+            listing[name] = entry
+
+    def note_removed(self, dir_prefix: str, name: str) -> None:
+        """A name was removed here: drop it from the cached listing, remember it is gone."""
+        listing = self._listed.get(dir_prefix)
+        if listing is not None:
+            listing.pop(name, None)
+        self.add_missing(dir_prefix + name)
+
+    def note_large(self, dir_prefix: str) -> None:
+        """The directory has more names than one listing page: do not list it per lookup."""
+        if self.enabled:
+            self._large[dir_prefix] = True
+
+    def is_large(self, dir_prefix: str) -> bool:
+        return dir_prefix in self._large
 
     def invalidate_tree(self, prefix: str) -> None:
-        self.invalidate(prefix)
-        for cache in (self._missing, self._listed):
+        """Forget everything below the directory `prefix` (ends with '/')."""
+        self._missing.pop(prefix.rstrip("/"), None)
+        for cache in (self._missing, self._listed, self._large):
             for key in [k for k in list(cache.keys()) if k.startswith(prefix)]:
                 cache.pop(key, None)
 
     def clear(self) -> None:
         self._missing.clear()
         self._listed.clear()
+        self._large.clear()

@@ -12,6 +12,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 import urllib.parse
 
 import pytest
@@ -154,6 +155,7 @@ def test_large_file_goes_up_as_multipart(s3, bucket, mount):
 
 
 def test_chmod_chown_utime_persist_and_directories_do_not_fail(s3, bucket, mount):
+    s3.put_object(Bucket=bucket, Key="implicitdir/f", Body=b"")
     m = mount(bucket)
     path = m.path / "meta.txt"
     path.write_text("x")
@@ -172,7 +174,6 @@ def test_chmod_chown_utime_persist_and_directories_do_not_fail(s3, bucket, mount
     os.chown(m.path / "d", 1234, 5678)
     st = os.stat(m.path / "d")
     assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_mtime == 1_000_000_000 and st.st_uid == 1234
-    s3.put_object(Bucket=bucket, Key="implicitdir/f", Body=b"")
     os.chmod(m.path / "implicitdir", 0o711)          # no marker yet: one is created
     assert stat.S_IMODE(os.stat(m.path / "implicitdir").st_mode) == 0o711
 
@@ -364,3 +365,14 @@ def test_remount_sees_everything(s3, bucket, mount):
     again = mount(bucket)
     assert (again.path / "d" / "f").read_bytes() == b"persist"
     assert os.readlink(again.path / "l") == "d/f"
+
+
+def test_names_created_elsewhere_appear_after_the_negative_ttl(s3, bucket, mount):
+    m = mount(bucket, "stat_cache_expire=5,negative_cache_expire=1")
+    assert not (m.path / "late").exists()          # cached as missing (listing of the root)
+    s3.put_object(Bucket=bucket, Key="late", Body=b"arrived")
+    deadline = time.monotonic() + 5
+    while not (m.path / "late").exists():
+        assert time.monotonic() < deadline, "a name created by another client stayed invisible"
+        time.sleep(0.2)
+    assert (m.path / "late").read_bytes() == b"arrived"
