@@ -112,7 +112,7 @@ def test_entrypoint_mounts_for_host_and_sigterm_uploads_then_leaves_no_mount(
     assert "Traceback" not in log.read_text()
 
 
-def test_entrypoint_cleans_dead_mount_when_s3pyfs_is_killed_and_prestop_unmount(
+def test_entrypoint_cleans_dead_mounts_and_prestop_unmount(
         seaweed, s3, bucket, shared_host_dir, tmp_path):
     point = shared_host_dir / bucket
     run_dir = tmp_path / "run"
@@ -145,6 +145,33 @@ def test_entrypoint_cleans_dead_mount_when_s3pyfs_is_killed_and_prestop_unmount(
         support.stop_process(proc)
     assert mounts_under(shared_host_dir) == []
     assert s3().get_object(Bucket=bucket, Key="kept.txt")["Body"].read() == b"written before preStop"
+
+    # 3. The whole container is SIGKILLed (docker kill, OOM): the host keeps a dead mount; the
+    #    next container finds it, detaches it and mounts again.
+    proc = start_in_namespace(env, log)
+    try:
+        wait_for(lambda: fstype(point) == support.FSTYPE, 30, "third mount", proc, log)
+        for pid in [proc.pid] + [p for p in s3pyfs_pids_for(point) if p != proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_for(lambda: not s3pyfs_pids_for(point), 10, "s3pyfs gone")
+        assert fstype(point) == support.FSTYPE               # dead mount left on the host
+        with pytest.raises(OSError):
+            os.statvfs(point)
+    finally:
+        support.stop_process(proc)
+    proc = start_in_namespace(env, log)
+    try:
+        wait_for(lambda: "dead FUSE mount left by an earlier run" in log.read_text(), 30,
+                 "dead mount noticed", proc, log)
+        wait_for(lambda: fstype(point) == support.FSTYPE and run_entrypoint("ready", env).returncode == 0,
+                 30, "fourth mount", proc, log)
+        assert (point / "kept.txt").read_text() == "written before preStop"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        support.stop_process(proc)
+    assert mounts_under(shared_host_dir) == []
 
 
 def test_entrypoint_passes_on_s3pyfs_exit_code_and_refuses_bad_environment(seaweed, bucket, tmp_path, fuse_ready):
