@@ -19,7 +19,8 @@ from . import __version__
 from .errors import EXIT_FAILURE, EXIT_USAGE, StartupError, UsageError
 from .options import MountOptions, apply_option_string, help_text
 
-USAGE = "usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]"
+USAGE = ("usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
+         "       s3pyfs MOUNTPOINT -o bucket=BUCKET[:/PREFIX][,OPTION...]")
 
 # Lenient on purpose: S3-compatible stores and old us-east-1 buckets allow
 # upper case and underscores; what is refused can never be a bucket.
@@ -54,6 +55,7 @@ def parse_args(argv: list[str]) -> MountOptions | None:
                   f"  -d    debug log (implies -f)\n"
                   f"  -s    accepted for compatibility (s3pyfs always serves requests concurrently)\n"
                   f"  -o    comma-separated options:\n\n{help_text()}\n\n"
+                  f"fstab words such as _netdev, nofail, noauto, x-* are accepted and ignored.\n"
                   f"Exit status: 0 ok, 2 usage, 3 credentials, 4 endpoint or bucket unreachable, "
                   f"5 mount failed, 6 data not uploaded.\nSee s3pyfs(1).")
             return None
@@ -78,10 +80,18 @@ def parse_args(argv: list[str]) -> MountOptions | None:
             raise UsageError(f"unknown flag {arg!r}")
         else:
             positional.append(arg)
+    if len(positional) == 1 and opts.bucket_option:      # s3fs's `s3fs MOUNTPOINT -o bucket=NAME`
+        positional.insert(0, opts.bucket_option)
+    elif opts.bucket_option and len(positional) == 2:
+        raise UsageError("the bucket is given twice: as BUCKET argument and as -o bucket=")
     if len(positional) != 2:
         raise UsageError(f"expected BUCKET[:/PREFIX] and MOUNTPOINT, got {len(positional)} arguments\n{USAGE}")
     parse_source(opts, positional[0])
     opts.mountpoint = os.path.abspath(positional[1])
+    # the daemon changes to / before it opens these
+    for attr in ("logfile", "tmpdir", "use_cache", "passwd_file"):
+        if getattr(opts, attr):
+            setattr(opts, attr, os.path.abspath(getattr(opts, attr)))
     if opts.debug:
         opts.log_level = "DEBUG"
     return opts

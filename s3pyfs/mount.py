@@ -39,7 +39,9 @@ from .filesystem import Filesystem
 from .metadata import Defaults
 from .operations import Operations
 from .options import MountOptions
+from .s3args import request_args
 from .s3client import ClientSettings, open_client
+from . import selinux
 
 log = logging.getLogger("s3pyfs")
 
@@ -64,14 +66,25 @@ def check_mountpoint(opts: MountOptions) -> None:
         raise MountError(f"mount point {path} is not empty (use -o nonempty to mount over it)")
 
 
+# botocore providers that give a machine's identity (s3fs's iam_role / ecs)
+MACHINE_IDENTITY = ("assume-role-with-web-identity", "container-role", "iam-role")
+
+
 def make_settings(opts: MountOptions) -> ClientSettings:
-    keys = resolve_static_keys(opts.passwd_file, opts.profile, opts.bucket)
+    keys, providers = None, None
+    if opts.iam_role and not opts.public_bucket:
+        providers = MACHINE_IDENTITY
+    elif not opts.public_bucket:
+        keys = resolve_static_keys(opts.passwd_file, opts.profile, opts.bucket, need_token=opts.use_session_token)
+    signature = "unsigned" if opts.public_bucket else "s3" if opts.sigv2 else None
     return ClientSettings(
         bucket=opts.bucket, endpoint_url=opts.url or os.environ.get("AWS_ENDPOINT_URL") or None,
         region=opts.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-        path_style=opts.path_style, profile=opts.profile if keys is None else None, static_keys=keys,
-        retries=opts.retries, connect_timeout=opts.connect_timeout, read_timeout=opts.readwrite_timeout,
-        request_timeout=opts.request_timeout, max_connections=max(32, opts.parallel_count * 4))
+        path_style=opts.path_style, profile=opts.profile if keys is None and providers is None else None,
+        static_keys=keys, retries=opts.retries, connect_timeout=opts.connect_timeout,
+        read_timeout=opts.readwrite_timeout, request_timeout=opts.request_timeout,
+        max_connections=max(32, opts.parallel_count * 4), request_args=request_args(opts),
+        verify_tls=not opts.no_check_certificate, signature_version=signature, credential_providers=providers)
 
 
 def make_config(opts: MountOptions, staging_dir: str) -> Config:
@@ -97,7 +110,9 @@ def fuse_options(opts: MountOptions) -> set[str]:
         chosen.add("allow_root")
     if opts.read_only:
         chosen.add("ro")
-    chosen.update(opts.kernel_options)
+    if opts.auto_unmount:
+        chosen.add("auto_unmount")
+    chosen.update(selinux.libfuse_form(item) for item in opts.kernel_options)
     return chosen
 
 
@@ -114,7 +129,9 @@ def setup_logging(opts: MountOptions, to_stderr: bool) -> None:
         handler.ident = f"s3pyfs[{os.getpid()}]: "
     else:
         handler = logging.NullHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    name = f"[{opts.instance_name}] " if opts.instance_name else ""
+    stamp = "" if opts.no_time_stamp else "%(asctime)s "
+    handler.setFormatter(logging.Formatter(f"{stamp}{name}%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(opts.log_level)
     # request dumps of the libraries below carry signed headers: never below INFO
@@ -198,9 +215,18 @@ async def _watch_signals(fs: Filesystem, stopping: list[bool]) -> None:
 
 
 def setup_logging_reopen() -> None:
+    """SIGHUP: reopen logfile= (after logrotate moved or removed it)."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.handlers.WatchedFileHandler):
-            handler.reopenIfNeeded()
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+                handler._statstream()
+            finally:
+                handler.release()
+            log.info("SIGHUP: reopened log file %s", handler.baseFilename)
 
 
 async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, staging_dir: str) -> int:
@@ -255,13 +281,26 @@ def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: R
         shutil.rmtree(staging_dir, ignore_errors=True)
 
 
-def run(opts: MountOptions) -> int:
-    check_mountpoint(opts)
-    settings = make_settings(opts)
+def check_local_dirs(opts: MountOptions) -> None:
     if not os.path.isdir(opts.tmpdir) or not os.access(opts.tmpdir, os.W_OK):
         raise UsageError(f"tmpdir {opts.tmpdir} is not a writable directory")
+    if opts.check_cache_dir_exist and opts.use_cache and not os.path.isdir(opts.use_cache):
+        raise UsageError(f"use_cache directory {opts.use_cache} does not exist (check_cache_dir_exist is set)")
+    if (opts.check_cache_dir_exist or opts.del_cache or opts.cache_size or opts.ensure_diskfree) and not opts.use_cache:
+        raise UsageError("cache options need use_cache=DIR")
+
+
+def run(opts: MountOptions) -> int:
+    check_mountpoint(opts)
+    check_local_dirs(opts)
+    warning = selinux.settle(opts)
+    if warning:
+        print(f"s3pyfs: warning: {warning}", file=sys.stderr)
+    settings = make_settings(opts)
     if opts.foreground:
         setup_logging(opts, to_stderr=True)
+        if warning and opts.logfile:
+            log.warning("%s", warning)
         return _serve_and_report(opts, settings, Readiness(None))
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -273,6 +312,8 @@ def run(opts: MountOptions) -> int:
         os.setsid()
         os.chdir("/")
         setup_logging(opts, to_stderr=False)
+        if warning:
+            log.warning("%s", warning)
         code = _serve_and_report(opts, settings, Readiness(write_fd))
     except BaseException:
         code = EXIT_FAILURE

@@ -2,129 +2,168 @@
 
 Responsibility: turn `-o a,b=c` strings into a validated `MountOptions`.
 Invariants:
-  * Every option s3pyfs accepts is a row of `OPTIONS`; `--help` and the test
-    that compares the table with `man/s3pyfs.1` read the same rows.
-  * Options meant for the kernel (`allow_other`, `context=`...) are collected in
-    `MountOptions.fuse_options`; fstab/helper words (`_netdev`, `nofail`, `x-*`...)
-    are consumed here and never reach libfuse, which rejects unknown options.
+  * Every option s3pyfs accepts is a row of `OPTIONS`; `--help`, the OPTIONS
+    section of `man/s3pyfs.1` (scripts/update-man-options.py) and the test that
+    compares them read the same rows.
+  * Options meant for the kernel (`context=`...) are collected, in the form the
+    kernel must receive, in `MountOptions.kernel_options`; fstab/helper words
+    (`_netdev`, `nofail`, `x-*`...) are consumed here and never reach libfuse,
+    which rejects unknown options.
+  * s3fs options s3pyfs does not implement are refused by name with the reason
+    (`UNSUPPORTED`), never silently ignored.
   * A bad value raises `UsageError` naming the option; nothing else is raised.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable
 
+from . import option_values as v
 from .errors import UsageError
-
-
-def _int(lo: int | None = None, hi: int | None = None) -> Callable[[str, str], int]:
-    def parse(name: str, text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise UsageError(f"option {name}= needs a whole number, got {text!r}") from None
-        if lo is not None and value < lo or hi is not None and value > hi:
-            raise UsageError(f"option {name}={value} is out of range ({lo} to {hi})")
-        return value
-    return parse
-
-
-def _octal(name: str, text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise UsageError(f"option {name}= needs an octal number such as 022, got {text!r}") from None
-    if not 0 <= value <= 0o7777:
-        raise UsageError(f"option {name}={text} is out of range (0 to 7777)")
-    return value
-
-
-def _float(lo: float, hi: float) -> Callable[[str, str], float]:
-    def parse(name: str, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise UsageError(f"option {name}= needs a number, got {text!r}") from None
-        if not lo <= value <= hi:
-            raise UsageError(f"option {name}={text} is out of range ({lo:g} to {hi:g})")
-        return value
-    return parse
-
-
-def _url(name: str, text: str) -> str:
-    if not re.match(r"^https?://[^/\s]+(/.*)?$", text):
-        raise UsageError(f"option {name}= needs an http:// or https:// URL, got {text!r}")
-    return text.rstrip("/")
-
-
-def _text(name: str, text: str) -> str:
-    if not text:
-        raise UsageError(f"option {name}= needs a value")
-    return text
-
-
-def _loglevel(name: str, text: str) -> str:
-    levels = {"crit": "CRITICAL", "critical": "CRITICAL", "err": "ERROR", "error": "ERROR",
-              "warn": "WARNING", "warning": "WARNING", "info": "INFO", "dbg": "DEBUG", "debug": "DEBUG"}
-    try:
-        return levels[text.lower()]
-    except KeyError:
-        raise UsageError(f"option {name}= must be one of crit, err, warn, info, dbg; got {text!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
 class Option:
     name: str                 # as written after -o
-    attr: str | None          # MountOptions field it sets (None: consumed or kernel-only)
+    attr: str | None          # MountOptions field it sets (None: accepted without effect, or kernel-only)
     parse: Callable[[str, str], Any] | None  # None: a flag without value
-    help: str
-    kernel: bool = False      # also handed to libfuse / the kernel unchanged
+    help: str                 # one line for --help and the man page
+    kernel: bool = False      # handed to the kernel (kernel_options)
+    bare: str | None = None   # value used when written without `=` (`use_sse` = `use_sse=1`)
+    details: str = ""         # more text for the man page only
 
+
+_NO_EFFECT = "accepted for compatibility, no effect: "
 
 OPTIONS: tuple[Option, ...] = (
-    Option("url", "url", _url, "S3 endpoint URL (default https://s3.amazonaws.com or AWS_ENDPOINT_URL)"),
-    Option("endpoint", "region", _text, "region used for request signing (default us-east-1)"),
+    # --- where and who
+    Option("url", "url", v.url, "S3 endpoint URL (default https://s3.amazonaws.com or AWS_ENDPOINT_URL)"),
+    Option("endpoint", "region", v.text, "region used for request signing (default us-east-1 or AWS_REGION)"),
     Option("use_path_request_style", "path_style", None, "address the bucket as URL/BUCKET instead of BUCKET.host"),
-    Option("passwd_file", "passwd_file", _text, "file with ACCESS:SECRET or BUCKET:ACCESS:SECRET lines (mode 600)"),
-    Option("profile", "profile", _text, "profile of the AWS shared config/credentials files"),
-    Option("allow_other", "allow_other", None, "let other users access the mount", kernel=True),
-    Option("allow_root", "allow_root", None, "let root access the mount", kernel=True),
+    Option("bucket", "bucket_option", v.text, "BUCKET[:/PREFIX] when the command line gives only the mount point"),
+    Option("passwd_file", "passwd_file", v.text, "file with ACCESS:SECRET or BUCKET:ACCESS:SECRET lines (mode 600)"),
+    Option("profile", "profile", v.text, "profile of the AWS shared config/credentials files"),
+    Option("iam_role", "iam_role", v.text, "use the machine's role (instance, container or web identity) through botocore",
+           bare="auto", details="Any value (auto or a role name) skips passwd files and AWS_ACCESS_KEY_ID; "
+           "botocore asks the container credentials endpoint, the web identity token or the instance metadata "
+           "service (IMDSv2, then v1) and refreshes the keys before they expire."),
+    Option("ecs", "iam_role", None, "alias of iam_role (botocore also asks the container credentials endpoint)"),
+    Option("imdsv1only", None, None, _NO_EFFECT + "botocore falls back to IMDSv1 by itself"),
+    Option("use_session_token", "use_session_token", None, "refuse environment credentials without AWS_SESSION_TOKEN"),
+    Option("public_bucket", "public_bucket", v.yes, "send unsigned (anonymous) requests; no credentials are read",
+           bare="1"),
+    Option("sigv2", "sigv2", None, "sign requests with AWS Signature Version 2 (old stores only)"),
+    Option("sigv4", None, None, _NO_EFFECT + "Signature Version 4 is the default"),
+    Option("no_check_certificate", "no_check_certificate", None, "do not verify the endpoint's TLS certificate"),
+    # --- who may do what
+    Option("allow_other", "allow_other", None, "let other users access the mount"),
+    Option("allow_root", "allow_root", None, "let root (besides the mounting user) access the mount"),
     Option("default_permissions", None, None, "kernel checks mode bits (always on; accepted for compatibility)"),
-    Option("uid", "uid", _int(0, 2**32 - 2), "owner reported for every file (default: from metadata, else the mounting user)"),
-    Option("gid", "gid", _int(0, 2**32 - 2), "group reported for every file (default: from metadata, else the mounting group)"),
-    Option("umask", "umask", _octal, "mask applied to every reported mode (default 022 for objects without mode metadata)"),
-    Option("mp_umask", "mp_umask", _octal, "mask applied to the mount point directory's mode"),
-    Option("ro", "read_only", None, "mount read-only", kernel=True),
+    Option("uid", "uid", v.whole(0, 2**32 - 2), "owner reported for every file (default: from metadata, else the mounting user)"),
+    Option("gid", "gid", v.whole(0, 2**32 - 2), "group reported for every file (default: from metadata, else the mounting group)"),
+    Option("umask", "umask", v.octal, "mask applied to every reported mode (default 022 for objects without mode metadata)"),
+    Option("mp_umask", "mp_umask", v.octal, "mask applied to the mount point directory's mode (default: umask)"),
+    Option("ro", "read_only", None, "mount read-only"),
     Option("rw", None, None, "mount read-write (the default)"),
     Option("nonempty", "nonempty", None, "allow mounting over a non-empty directory"),
-    Option("fsname", "fsname", _text, "source shown in /proc/mounts (default: BUCKET[:/PREFIX] as given)"),
-    Option("tmpdir", "tmpdir", _text, "directory for staging files of written data (default /var/tmp)"),
-    Option("multipart_size", "multipart_size", _int(5, 5120), "part size in MiB of multipart uploads; larger files use multipart (default 10)"),
-    Option("parallel_count", "parallel_count", _int(1, 128), "parallel requests for multipart transfers and directory renames (default 8)"),
-    Option("max_thread_count", "parallel_count", _int(1, 128), "alias of parallel_count"),
-    Option("stat_cache_expire", "stat_cache_expire", _float(0, 86400), "seconds a looked-up attribute or name stays cached (default 5)"),
-    Option("max_stat_cache_size", "max_stat_cache_size", _int(0, 10_000_000), "entries of the stat and negative-lookup caches (default 100000)"),
-    Option("retries", "retries", _int(1, 20), "attempts of one S3 request, including the first (default 3)"),
-    Option("connect_timeout", "connect_timeout", _float(0.1, 600), "seconds to connect to the endpoint (default 5)"),
-    Option("readwrite_timeout", "readwrite_timeout", _float(0.1, 3600), "seconds of silence on a connection before it is given up (default 30)"),
-    Option("request_timeout", "request_timeout", _float(1, 86400), "upper bound in seconds of one S3 call with all its retries (default 120)"),
-    Option("logfile", "logfile", _text, "write the log to this file instead of stderr/syslog"),
-    Option("dbglevel", "log_level", _loglevel, "log level: crit, err, warn, info or dbg (default warn)"),
-    Option("context", None, _text, "SELinux context of all files (passed to the kernel)", kernel=True),
-    Option("fscontext", None, _text, "SELinux context of the filesystem (passed to the kernel)", kernel=True),
-    Option("defcontext", None, _text, "SELinux default context (passed to the kernel)", kernel=True),
-    Option("rootcontext", None, _text, "SELinux context of the root inode (passed to the kernel)", kernel=True),
+    Option("fsname", "fsname", v.text, "source shown in /proc/mounts (default: BUCKET[:/PREFIX] as given)",
+           details="mount -a recognises an fstab line as mounted when this equals the fstab source: leave it unset."),
+    Option("auto_unmount", "auto_unmount", None, "let fusermount3 unmount when s3pyfs dies (libfuse option)"),
+    # --- objects written
+    Option("use_sse", "sse", v.sse, "server-side encryption of written objects: 1, kmsid[:KEY_ID] or custom[:KEY_FILE]",
+           bare="1", details="1 (or use_sse alone): SSE-S3. kmsid:KEY_ID (or k:KEY_ID): SSE-KMS with that key; "
+           "kmsid alone uses $AWSSSEKMSID, else the bucket's default KMS key. custom:KEY_FILE (or c:KEY_FILE, or "
+           "an absolute KEY_FILE): SSE-C with the first line of KEY_FILE (32 characters, or the key in base64; "
+           "mode 600); custom alone reads the first key of $AWSSSECKEYS. With SSE-C the key is also sent when "
+           "reading and copying; objects that are not encrypted with it are read without it."),
+    Option("storage_class", "storage_class", v.storage_class, "storage class of written objects (standard, standard_ia, "
+           "onezone_ia, intelligent_tiering, glacier_ir, ...)"),
+    Option("use_rrs", "use_rrs", v.yes, "old spelling of storage_class=reduced_redundancy", bare="1"),
+    Option("default_acl", "default_acl", v.canned_acl, "canned ACL of written objects (private, public-read, "
+           "bucket-owner-full-control, ...; default: none sent)"),
+    Option("requester_pays", "requester_pays", None, "send x-amz-request-payer: requester (Requester Pays buckets)"),
+    # --- local disk
+    Option("tmpdir", "tmpdir", v.text, "directory for staging files of written data (default /var/tmp)"),
+    Option("use_cache", "use_cache", v.text, "directory of the local disk cache (default: no disk cache)"),
+    Option("check_cache_dir_exist", "check_cache_dir_exist", None, "refuse to start when the use_cache directory is missing"),
+    Option("del_cache", "del_cache", None, "empty the disk cache at start and at unmount"),
+    Option("cache_size", "cache_size", v.whole(1, 2**40), "size limit of the disk cache in MiB"),
+    Option("ensure_diskfree", "ensure_diskfree", v.whole(0, 2**40), "MiB of free space the disk cache leaves on its filesystem"),
+    # --- transfers and caches
+    Option("multipart_size", "multipart_size", v.whole(5, 5120), "part size in MiB of multipart uploads; larger files use multipart (default 10)"),
+    Option("parallel_count", "parallel_count", v.whole(1, 128), "parallel requests for multipart transfers and directory renames (default 8)"),
+    Option("max_thread_count", "parallel_count", v.whole(1, 128), "alias of parallel_count"),
+    Option("multireq_max", None, v.whole(1, 1000), _NO_EFFECT + "listing fan-out is bounded by parallel_count"),
+    Option("stat_cache_expire", "stat_cache_expire", v.number(0, 86400), "seconds a looked-up attribute or name stays cached (default 5)"),
+    Option("negative_cache_expire", "negative_cache_expire", v.number(0, 86400), "seconds a name known to be absent, or a directory listing, stays cached (default 1; at most stat_cache_expire)"),
+    Option("max_stat_cache_size", "max_stat_cache_size", v.whole(0, 10_000_000), "entries of the stat and negative-lookup caches (default 100000)"),
+    Option("enable_noobj_cache", None, None, _NO_EFFECT + "missing names are always cached briefly"),
+    Option("listobjectsv2", None, None, _NO_EFFECT + "ListObjectsV2 is always used"),
+    Option("complement_stat", None, None, _NO_EFFECT + "objects without mode metadata always get one from umask"),
+    Option("use_xattr", None, None, _NO_EFFECT + "user.* extended attributes are always supported"),
+    Option("notsup_compat_dir", None, None, _NO_EFFECT + "every s3fs directory form is always read"),
+    Option("kernel_cache", None, None, _NO_EFFECT + "s3pyfs decides page cache use per open"),
+    Option("max_background", None, v.whole(1, 65535), _NO_EFFECT + "set by pyfuse3"),
+    # --- requests
+    Option("retries", "retries", v.whole(1, 20), "attempts of one S3 request, including the first (default 3)"),
+    Option("connect_timeout", "connect_timeout", v.number(0.1, 600), "seconds to connect to the endpoint (default 5)"),
+    Option("readwrite_timeout", "readwrite_timeout", v.number(0.1, 3600), "seconds of silence on a connection before it is given up (default 30)"),
+    Option("request_timeout", "request_timeout", v.number(1, 86400), "upper bound in seconds of one S3 call with all its retries (default 120)"),
+    # --- log
+    Option("logfile", "logfile", v.text, "write the log to this file instead of stderr/syslog; SIGHUP reopens it"),
+    Option("dbglevel", "log_level", v.loglevel, "log level: crit, err, warn, info or dbg (default warn)"),
+    Option("instance_name", "instance_name", v.text, "name put in every log line, to tell mounts apart in one log"),
+    Option("no_time_stamp_msg", "no_time_stamp", None, "no time stamps in log lines (journald adds its own)"),
+    Option("curldbg", None, v.ignored, _NO_EFFECT + "HTTP traffic is never logged (it carries signatures)", bare=""),
+    # --- SELinux
+    Option("context", None, v.selinux_context, "SELinux context of all files (passed to the kernel)", kernel=True,
+           details='Quote a context that has commas: context="system_u:object_r:container_file_t:s0:c1,c2" '
+           "(or escape them: s0:c1\\,c2). See SELINUX."),
+    Option("fscontext", None, v.selinux_context, "SELinux context of the filesystem (passed to the kernel)", kernel=True),
+    Option("defcontext", None, v.selinux_context, "SELinux default context (passed to the kernel)", kernel=True),
+    Option("rootcontext", None, v.selinux_context, "SELinux context of the root inode (passed to the kernel)", kernel=True),
+    Option("strict_selinux", "strict_selinux", None, "fail instead of dropping context options when SELinux is not enabled"),
 )
 
-# Words fstab, mount(8) and s3fs command lines carry that mean nothing to s3pyfs.
+# Words fstab, mount(8), mount.fuse3 and s3fs command lines carry that mean nothing to s3pyfs.
 CONSUMED_FLAGS = frozenset({
-    "_netdev", "nofail", "user", "users", "nouser", "auto", "noauto", "defaults", "dev", "nodev",
-    "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
-    "strictatime", "diratime", "nodiratime", "big_writes", "async", "sync",
+    "_netdev", "nofail", "user", "users", "nouser", "owner", "group", "auto", "noauto", "defaults",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "norelatime",
+    "strictatime", "diratime", "nodiratime", "lazytime", "nolazytime", "big_writes", "async", "sync",
+    "dirsync", "silent", "loud",
 })
-CONSUMED_PREFIXES = ("x-", "comment=", "helper=")
+CONSUMED_PREFIXES = ("x-", "comment=", "helper=", "user=")
+
+# s3fs options s3pyfs does not implement: refused by name, with the reason.
+UNSUPPORTED = {
+    "host": "use url=",
+    "servicepath": "put the path in url=",
+    "nomultipart": "large files always use multipart uploads",
+    "multipart_threshold": "files larger than multipart_size use multipart uploads",
+    "multipart_copy_size": "copies of objects over 5 GiB use 512 MiB parts",
+    "singlepart_copy_limit": "objects up to 5 GiB are copied in one request",
+    "max_dirty_data": "dirty data is uploaded at close and fsync",
+    "nomixupload": "not applicable",
+    "nocopyapi": "rename and metadata changes need CopyObject",
+    "norenameapi": "rename needs CopyObject",
+    "stat_cache_interval_expire": "use stat_cache_expire=",
+    "list_object_max_keys": "listings use pages of 1000 keys",
+    "load_sse_c": "only the first key of use_sse=custom is used",
+    "ahbe_conf": "per-extension HTTP headers are not implemented",
+    "mime": "content types are not guessed from file names",
+    "enable_content_md5": "not implemented",
+    "ssl_verify_hostname": "use no_check_certificate",
+    "cipher_suites": "TLS settings come from Python's ssl defaults",
+    "nodnscache": "not implemented",
+    "nosscache": "not implemented",
+    "noua": "not implemented",
+    "noxmlns": "not applicable",
+    "use_wtf8": "object names must be valid UTF-8",
+    "ibm_iam_auth": "IBM IAM authentication is not implemented; use HMAC keys",
+    "ibm_iam_endpoint": "IBM IAM authentication is not implemented; use HMAC keys",
+    "set_check_cache_sigusr1": "not implemented",
+}
 
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
@@ -134,6 +173,7 @@ class MountOptions:
     bucket: str = ""
     prefix: str = ""              # "" or "some/prefix/" (always ends with '/')
     source: str = ""              # the source argument as written
+    bucket_option: str | None = None
     mountpoint: str = ""
     foreground: bool = False
     debug: bool = False
@@ -142,6 +182,11 @@ class MountOptions:
     path_style: bool = False
     passwd_file: str | None = None
     profile: str | None = None
+    iam_role: str | bool | None = None
+    use_session_token: bool = False
+    public_bucket: bool = False
+    sigv2: bool = False
+    no_check_certificate: bool = False
     allow_other: bool = False
     allow_root: bool = False
     uid: int | None = None
@@ -151,10 +196,22 @@ class MountOptions:
     read_only: bool = False
     nonempty: bool = False
     fsname: str | None = None
+    auto_unmount: bool = False
+    sse: tuple[str, str] | None = None
+    storage_class: str | None = None
+    use_rrs: bool = False
+    default_acl: str | None = None
+    requester_pays: bool = False
     tmpdir: str = "/var/tmp"
+    use_cache: str | None = None        # disk cache options: parsed here, used by the cache
+    check_cache_dir_exist: bool = False
+    del_cache: bool = False
+    cache_size: int | None = None       # MiB
+    ensure_diskfree: int | None = None  # MiB
     multipart_size: int = 10
     parallel_count: int = 8
     stat_cache_expire: float = 5.0
+    negative_cache_expire: float = 1.0
     max_stat_cache_size: int = 100_000
     retries: int = 3
     connect_timeout: float = 5.0
@@ -162,14 +219,17 @@ class MountOptions:
     request_timeout: float = 120.0
     logfile: str | None = None
     log_level: str = "WARNING"
-    kernel_options: list[str] = dataclasses.field(default_factory=list)
+    instance_name: str | None = None
+    no_time_stamp: bool = False
+    strict_selinux: bool = False
+    kernel_options: list[str] = dataclasses.field(default_factory=list)   # as the kernel must see them
 
 
 def split_option_string(text: str) -> list[str]:
     """Split `a,b=c` at commas that are not escaped (`\\,`) or inside quotes.
 
-    Escapes and quotes are kept in the items so that kernel options such as
-    `context="system_u:object_r:x_t:s0:c1,c2"` reach libfuse as written.
+    Escapes and quotes are kept in the items; the option's parser decides
+    what they mean (`context=` keeps quotes for the kernel).
     """
     items, current, quote, i = [], [], "", 0
     while i < len(text):
@@ -207,6 +267,8 @@ def apply_option(opts: MountOptions, item: str) -> None:
         return
     opt = _BY_NAME.get(name)
     if opt is None:
+        if name in UNSUPPORTED:
+            raise UsageError(f"s3fs option {name!r} is not supported by s3pyfs ({UNSUPPORTED[name]})")
         raise UsageError(f"unknown option {name!r} (see s3pyfs --help for the supported options)")
     if opt.parse is None:
         if has_value:
@@ -215,21 +277,49 @@ def apply_option(opts: MountOptions, item: str) -> None:
             setattr(opts, opt.attr, True)
         if name == "rw":
             opts.read_only = False
-    else:
-        if not has_value:
+        return
+    if not has_value:
+        if opt.bare is None:
             raise UsageError(f"option {name} needs a value: {name}=...")
-        parsed = opt.parse(name, value)
-        if opt.attr:
-            setattr(opts, opt.attr, parsed)
-    if opt.kernel and opt.parse is not None:
-        opts.kernel_options.append(item)
+        value = opt.bare
+    parsed = opt.parse(name, value)
+    if opt.attr:
+        setattr(opts, opt.attr, parsed)
+    if opt.kernel:
+        opts.kernel_options = [k for k in opts.kernel_options if not k.startswith(name + "=")]
+        opts.kernel_options.append(f"{name}={parsed}")
+
+
+def label(opt: Option) -> str:
+    if opt.parse is None:
+        return opt.name
+    return f"{opt.name}[=...]" if opt.bare is not None else f"{opt.name}=..."
 
 
 def help_text() -> str:
-    width = max(len(_label(opt)) for opt in OPTIONS)
-    rows = [f"    {_label(opt):<{width}}  {opt.help}" for opt in OPTIONS]
-    return "\n".join(rows)
+    width = max(len(label(opt)) for opt in OPTIONS)
+    return "\n".join(f"    {label(opt):<{width}}  {opt.help}" for opt in OPTIONS)
 
 
-def _label(opt: Option) -> str:
-    return opt.name if opt.parse is None else f"{opt.name}=..."
+MAN_BEGIN = '.\\" BEGIN generated by scripts/update-man-options.py from s3pyfs/options.py; edit the table'
+MAN_END = '.\\" END generated options'
+
+
+def _roff(text: str) -> str:
+    return text.replace("\\", "\\e").replace("-", "\\-").replace("'", "\\(aq")
+
+
+def man_rows() -> str:
+    """The OPTIONS rows of man/s3pyfs.1, between MAN_BEGIN and MAN_END."""
+    lines = [MAN_BEGIN]
+    for opt in OPTIONS:
+        name = f"\\fB{_roff(opt.name)}\\fR"
+        if opt.parse is not None:
+            value = "\\fB=\\fR\\fIVALUE\\fR"
+            name += f"[{value}]" if opt.bare is not None else value
+        text = opt.help[0].upper() + opt.help[1:] + "."
+        if opt.details:
+            text += " " + opt.details
+        lines += [".TP", name, _roff(text)]
+    lines.append(MAN_END)
+    return "\n".join(lines) + "\n"

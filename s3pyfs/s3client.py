@@ -21,12 +21,13 @@ import dataclasses
 import functools
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Coroutine
+from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
 
 import aiohttp
 import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore import UNSIGNED
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from .concurrency import run_all
@@ -76,6 +77,11 @@ class ClientSettings:
     read_timeout: float = 30.0
     request_timeout: float = 120.0
     max_connections: int = 32
+    # added to every request whose operation takes them (SSE, StorageClass, ACL, RequestPayer)
+    request_args: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    verify_tls: bool = True
+    signature_version: str | None = None        # None: SigV4; "s3": SigV2; "unsigned": anonymous
+    credential_providers: tuple[str, ...] | None = None   # keep only these of botocore's chain
 
 
 def _error_code(exc: ClientError) -> str:
@@ -101,6 +107,48 @@ def _translate(exc: BaseException, what: str) -> FSError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+# Reading an object that is not SSE-C encrypted with SSE-C headers is a 400 on AWS: such
+# requests are repeated once without the read-side key.
+_READ_SIDE_SSE_C = {
+    "GetObject": ("SSECustomerAlgorithm", "SSECustomerKey"),
+    "HeadObject": ("SSECustomerAlgorithm", "SSECustomerKey"),
+    "CopyObject": ("CopySourceSSECustomerAlgorithm", "CopySourceSSECustomerKey"),
+    "UploadPartCopy": ("CopySourceSSECustomerAlgorithm", "CopySourceSSECustomerKey"),
+}
+
+
+class _WithRequestArgs:
+    """The aiobotocore client, adding `request_args` to each call whose operation takes them."""
+
+    def __init__(self, client, request_args: Mapping[str, Any]):
+        self._client = client
+        self._args = dict(request_args)
+        self._by_operation: dict[str, tuple[dict, dict]] = {}
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        operation = self._client.meta.method_to_api_mapping.get(name)
+        if operation is None:
+            return method
+        if operation not in self._by_operation:
+            members = self._client.meta.service_model.operation_model(operation).input_shape.members
+            extra = {k: v for k, v in self._args.items() if k in members}
+            drop = _READ_SIDE_SSE_C.get(operation, ())
+            self._by_operation[operation] = extra, {k: v for k, v in extra.items() if k not in drop}
+        extra, fallback = self._by_operation[operation]
+        if not extra:
+            return method
+
+        async def call(**kwargs):
+            try:
+                return await method(**kwargs, **extra)
+            except ClientError as exc:
+                if fallback == extra or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 400:
+                    raise
+                return await method(**kwargs, **fallback)
+        return call
 
 
 def _ns(dt) -> int:
@@ -281,7 +329,13 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
     session = get_session()
     if settings.profile:
         session.set_config_variable("profile", settings.profile)
+    if settings.credential_providers is not None:
+        resolver = session.get_component("credential_provider")
+        for method in [p.METHOD for p in resolver.providers if p.METHOD not in settings.credential_providers]:
+            resolver.remove(method)
+    signature = {"unsigned": UNSIGNED, None: None}.get(settings.signature_version, settings.signature_version)
     config = AioConfig(
+        signature_version=signature,
         region_name=settings.region or "us-east-1",
         s3={"addressing_style": "path" if settings.path_style else "auto"},
         retries={"mode": "standard", "total_max_attempts": settings.retries},
@@ -292,10 +346,10 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
         response_checksum_validation="when_required",
     )
     keys = settings.static_keys
-    kwargs = {}
-    if keys is not None:
-        kwargs = {"aws_access_key_id": keys.access_key, "aws_secret_access_key": keys.secret_key,
-                  "aws_session_token": keys.session_token}
+    kwargs: dict[str, Any] = {} if settings.verify_tls else {"verify": False}
+    if keys is not None and signature is not UNSIGNED:
+        kwargs.update(aws_access_key_id=keys.access_key, aws_secret_access_key=keys.secret_key,
+                      aws_session_token=keys.session_token)
     loop = LoopThread()
     try:
         try:
@@ -304,7 +358,8 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
         except BotoCoreError as exc:
             raise CredentialsError(f"cannot set up the S3 client: {type(exc).__name__}") from None
         try:
-            yield S3Client(client, settings, loop)
+            wrapped = _WithRequestArgs(client, settings.request_args) if settings.request_args else client
+            yield S3Client(wrapped, settings, loop)
         finally:
             with trio.CancelScope(shield=True):
                 await loop.run(client_cm.__aexit__(None, None, None))

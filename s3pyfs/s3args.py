@@ -1,0 +1,45 @@
+"""Extra arguments of S3 requests from the mount options: encryption, storage class, ACL, payer.
+
+Responsibility: `request_args(opts)` -> the one dict `ClientSettings.request_args`
+that s3client adds to every request whose operation takes the argument
+(PutObject, CreateMultipartUpload, CopyObject; GetObject/HeadObject/UploadPart
+for SSE-C and RequestPayer).  Names are botocore's parameter names.
+Invariant: SSE-C key files are checked like passwd files (mode 600) and read
+before forking; the key never appears in a message (ClientSettings hides the dict
+from repr).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .credentials import read_sse_c_key
+from .options import MountOptions
+
+
+def request_args(opts: MountOptions, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    args: dict[str, Any] = {}
+    if opts.sse is not None:
+        kind, detail = opts.sse
+        if kind == "s3":
+            args["ServerSideEncryption"] = "AES256"
+        elif kind == "kms":
+            args["ServerSideEncryption"] = "aws:kms"
+            key_id = detail or env.get("AWSSSEKMSID")
+            if key_id:
+                args["SSEKMSKeyId"] = key_id
+        else:
+            key = read_sse_c_key(detail or None, env)
+            args.update(SSECustomerAlgorithm="AES256", SSECustomerKey=key,
+                        CopySourceSSECustomerAlgorithm="AES256", CopySourceSSECustomerKey=key)
+    if opts.storage_class:
+        args["StorageClass"] = opts.storage_class
+    elif opts.use_rrs:
+        args["StorageClass"] = "REDUCED_REDUNDANCY"
+    if opts.default_acl:
+        args["ACL"] = opts.default_acl
+    if opts.requester_pays:
+        args["RequestPayer"] = "requester"
+    return args
