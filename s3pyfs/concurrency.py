@@ -3,6 +3,8 @@
 Responsibility: run many small jobs with at most `limit` at once and report
 failure the way a single call would: the first ordinary exception, unwrapped
 from trio's ExceptionGroup, so callers (and errno mapping) see an `FSError`.
+`background_spawner` runs fire-and-forget work (read-ahead) in the mount's
+background nursery.
 Invariant: all jobs have finished or been cancelled when `run_all` returns or
 raises; cancellation from outside still propagates (trio re-raises Cancelled
 at the caller's next checkpoint if a job error was reported instead).
@@ -10,11 +12,28 @@ at the caller's next checkpoint if a job error was reported instead).
 
 from __future__ import annotations
 
+import logging
 from typing import Awaitable, Callable, Iterable
 
 import trio
 
+log = logging.getLogger(__name__)
+
 Job = Callable[[], Awaitable[object]]
+
+
+def background_spawner(nursery: trio.Nursery) -> Callable[..., None]:
+    """`spawn(fn, *args)` runs `fn(*args)` in `nursery`; a failure is logged, never
+    propagated (it would cancel the nursery, and with it the mount)."""
+    async def guarded(fn, *args) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("background task %s failed", getattr(fn, "__qualname__", fn))
+
+    def spawn(fn, *args) -> None:
+        nursery.start_soon(guarded, fn, *args)
+    return spawn
 
 
 def first_error(group: BaseExceptionGroup) -> Exception | None:

@@ -71,6 +71,8 @@ class CoreBase:
         # directory attributes the backend would not keep on `dir/` markers (SeaweedFS)
         self.dir_attr_overrides: LRUCache = LRUCache(maxsize=max(1, config.cache_entries))
         self.dir_metadata_kept: bool | None = None
+        # set by mount.serve: start a background task (read-ahead); None runs work inline
+        self.spawn: Callable[..., None] | None = None
         # set by the FUSE adapter: drop a name from the kernel's dentry cache
         self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
 

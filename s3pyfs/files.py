@@ -28,6 +28,9 @@ from .writeback import Staging
 
 log = logging.getLogger(__name__)
 
+READ_PART = 8 * 1024 * 1024       # ranged GET size of sequential reads
+READ_AHEAD_PARTS = 6             # read-ahead window: up to 48 MiB per handle
+
 
 class FileOps(CoreBase):
     # ------------------------------------------------------------------ files
@@ -44,9 +47,12 @@ class FileOps(CoreBase):
         node.open_handles += 1
         if node.staging is None:
             await self.getattr(ino)             # close-to-open: see the newest object
-            handle.reader = ObjectReader(self._fetcher(node), node.attrs.size,
-                                         part=8 * 1024 * 1024, parallel=min(4, self.cfg.parallel))
+            handle.reader = self._new_reader(node)
         return handle
+
+    def _new_reader(self, node: Node) -> ObjectReader:
+        return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn,
+                            part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel))
 
     def _staging_for(self, node: Node) -> Staging:
         if node.staging is None:
@@ -54,7 +60,7 @@ class FileOps(CoreBase):
             node.staging = Staging(self.cfg.staging_dir, size, size)
             for handle in self.handles.files_of(node):
                 if handle.reader is not None:
-                    handle.reader.drop()
+                    handle.reader.close()
                     handle.reader = None
         return node.staging
 
@@ -64,7 +70,7 @@ class FileOps(CoreBase):
         if node.staging is not None:
             return await node.staging.read(offset, size, self._fetcher(node))
         if handle.reader is None:
-            handle.reader = ObjectReader(self._fetcher(node), node.attrs.size)
+            handle.reader = self._new_reader(node)
         return await handle.reader.read(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -102,6 +108,8 @@ class FileOps(CoreBase):
             return
         node = handle.node
         node.open_handles -= 1
+        if handle.reader is not None:
+            handle.reader.close()
         try:
             await self._upload(node)
         except NameTooLong:

@@ -31,6 +31,7 @@ import tempfile
 import pyfuse3
 import trio
 
+from .concurrency import background_spawner
 from .credentials import resolve_static_keys
 from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NoSuchBucket,
                      StartupError, UnreachableError, UsageError)
@@ -95,7 +96,8 @@ def make_config(opts: MountOptions, staging_dir: str) -> Config:
                         force_umask=opts.umask)
     root_mask = opts.mp_umask if opts.mp_umask is not None else umask
     return Config(prefix=opts.prefix, defaults=defaults, read_only=opts.read_only,
-                  stat_ttl=opts.stat_cache_expire, cache_entries=opts.max_stat_cache_size,
+                  stat_ttl=opts.stat_cache_expire,
+                  negative_ttl=min(opts.negative_cache_expire, opts.stat_cache_expire), cache_entries=opts.max_stat_cache_size,
                   staging_dir=staging_dir, multipart_size=opts.multipart_size * 1024 * 1024,
                   parallel=opts.parallel_count, root_mode=0o777 & ~root_mask)
 
@@ -252,6 +254,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
         stopping: list[bool] = []
         try:
             async with trio.open_nursery() as nursery:
+                fs.spawn = background_spawner(nursery)
                 nursery.start_soon(_watch_signals, fs, stopping)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()

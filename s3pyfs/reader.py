@@ -1,15 +1,24 @@
-"""Read path for objects with no local data: ranged GETs with sequential read-ahead.
+"""Read path for objects with no local data: ranged GETs with sequential prefetch.
 
 Responsibility: answer `read(offset, size)` of one open handle from S3 with
-few requests: small objects are read whole, sequential readers get a window
-that doubles per sequential read (1 MiB up to `max_window`) fetched as
-parallel ranged GETs of `part` bytes, random readers get exactly what they ask.
+few, large, overlapping requests.
+  * Small objects (<= 1 MiB) are read whole on first access.
+  * A new or random reader gets what it asks for, rounded up to a 1 MiB
+    window kept as a buffer (random 4 KiB reads fetch 1 MiB at most once).
+  * Once a reader has gone sequentially through `SEQUENTIAL_AFTER` bytes, the
+    object is read in aligned parts of `part` bytes (8 MiB) fetched in the
+    background ahead of the reader: the number of parts ahead doubles per part
+    consumed, up to `max_ahead` (the read-ahead window), with at most
+    `parallel` GETs in flight.  One part behind the reader is kept.
+  * A read away from the parts (a seek) drops them and starts over.
 Invariants:
-  * The buffer belongs to one handle; it is replaced in one step without
-    awaits, so concurrent reads of the handle see either the old or the new one.
-  * Memory per handle is bounded by `max_window`.
-  * Nothing here writes; a handle whose inode gains local data (a write
-    through another handle) stops using this reader (filesystem.py decides).
+  * Memory per handle is bounded by (max_ahead + 2) * part.
+  * Prefetch tasks run in the filesystem's background nursery under this
+    reader's cancel scopes; `close()` cancels them.  Without a nursery (core
+    tests) parts are fetched in the foreground, same results.
+  * Bookkeeping (`_parts`) changes only between awaits; a part is either
+    pending (event not set), filled (data) or failed (error re-raised to the
+    reader that needs it).
 """
 
 from __future__ import annotations
@@ -17,12 +26,17 @@ from __future__ import annotations
 import functools
 from typing import Awaitable, Callable
 
+import trio
+
 from .concurrency import run_all
+from .errors import FSError, RemoteIOError
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
+Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
 SMALL_OBJECT = 1024 * 1024
+SEQUENTIAL_AFTER = 2 * 1024 * 1024
 
 
 async def fetch_parallel(fetch: Fetch, start: int, end: int, part: int, parallel: int) -> bytes:
@@ -38,41 +52,130 @@ async def fetch_parallel(fetch: Fetch, start: int, end: int, part: int, parallel
     return b"".join(chunks)
 
 
+class _Part:
+    __slots__ = ("done", "data", "error", "scope", "cancelled")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: FSError | None = None
+        self.scope = trio.CancelScope()
+        self.cancelled = False
+
+
 class ObjectReader:
-    def __init__(self, fetch: Fetch, size: int, *, max_window: int = 32 * 1024 * 1024,
-                 part: int = 8 * 1024 * 1024, parallel: int = 4):
+    def __init__(self, fetch: Fetch, size: int, *, spawn: Spawn | None = None,
+                 part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4):
         self._fetch = fetch
         self.size = size
-        self.max_window = max(max_window, MIN_WINDOW)
         self.part = part
-        self.parallel = parallel
+        self.max_ahead = max(1, max_ahead)
+        self._spawn = spawn
+        self._slots = trio.CapacityLimiter(max(1, parallel))
         self._buf_start = 0
         self._buf = b""
         self._next = 0
-        self._window = MIN_WINDOW
+        self._run = 0                  # bytes read sequentially so far
+        self._ahead = 1
+        self._parts: dict[int, _Part] = {}
         self.bytes_fetched = 0
 
+    # ---------------------------------------------------------------- public
     async def read(self, offset: int, size: int) -> bytes:
         end = min(offset + size, self.size)
         if end <= offset:
             return b""
-        buf_end = self._buf_start + len(self._buf)
-        if self._buf_start <= offset and end <= buf_end:
-            self._next = end
+        sequential = offset == self._next
+        self._run = self._run + (end - offset) if sequential else 0
+        self._next = end
+        if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
             return self._buf[offset - self._buf_start:end - self._buf_start]
         if self.size <= SMALL_OBJECT:
-            start, stop = 0, self.size
-        elif offset == self._next or self._buf_start <= offset <= buf_end:
-            self._window = min(self._window * 2, self.max_window)
-            start, stop = offset, min(self.size, offset + max(self._window, end - offset))
-        else:
-            self._window = MIN_WINDOW
-            start, stop = offset, end
-        data = await fetch_parallel(self._fetch, start, stop, self.part, self.parallel)
-        self.bytes_fetched += len(data)
+            return await self._buffered(0, self.size, offset, end)
+        first = offset // self.part
+        if self._parts and first not in self._parts and first - 1 not in self._parts:
+            self._drop_parts()         # a seek away from the streamed region
+        if self._parts or self._run >= SEQUENTIAL_AFTER:
+            return await self._from_parts(offset, end)
+        return await self._buffered(offset, min(self.size, offset + max(end - offset, MIN_WINDOW)), offset, end)
+
+    def close(self) -> None:
+        self._drop_parts()
+        self._buf = b""
+
+    # ---------------------------------------------------------------- buffered (random/small)
+    async def _buffered(self, start: int, stop: int, offset: int, end: int) -> bytes:
+        data = await self._get(start, stop)
         self._buf_start, self._buf = start, data
-        self._next = end
         return data[offset - start:end - start]
 
-    def drop(self) -> None:
-        self._buf = b""
+    async def _get(self, start: int, stop: int) -> bytes:
+        async with self._slots:
+            data = await self._fetch(start, stop)
+        self.bytes_fetched += len(data)
+        return data
+
+    # ---------------------------------------------------------------- streamed parts
+    async def _from_parts(self, offset: int, end: int) -> bytes:
+        first, last = offset // self.part, (end - 1) // self.part
+        for index in [i for i in self._parts if i < first - 1]:
+            self._discard(index)
+        if first in self._parts and first - 1 in self._parts:
+            self._ahead = min(self._ahead * 2, self.max_ahead)    # the reader moved on a part
+        top = min(last + self._ahead, (self.size - 1) // self.part)
+        for index in range(first, top + 1):
+            if index not in self._parts:
+                self._start_part(index, foreground=index <= last)
+        chunks = []
+        for index in range(first, last + 1):
+            slot = self._parts.get(index)
+            if slot is None:           # dropped by a concurrent seek: fetch it for this read
+                slot = self._start_part(index, foreground=True)
+            if slot.data is None and slot.error is None:
+                await self._wait_or_fetch(index, slot)
+            if slot.cancelled:          # dropped by a concurrent seek while we waited
+                slot = _Part()
+                await self._fill(index, slot)
+            if slot.error is not None:
+                self._discard(index)
+                raise slot.error
+            lo = index * self.part
+            chunks.append(slot.data[max(offset, lo) - lo:min(end, lo + self.part) - lo])
+        return b"".join(chunks)
+
+    def _start_part(self, index: int, foreground: bool) -> _Part:
+        slot = _Part()
+        self._parts[index] = slot
+        if self._spawn is not None:
+            self._spawn(self._fill, index, slot)
+        return slot
+
+    async def _wait_or_fetch(self, index: int, slot: _Part) -> None:
+        if self._spawn is None:
+            await self._fill(index, slot)
+        else:
+            await slot.done.wait()
+
+    async def _fill(self, index: int, slot: _Part) -> None:
+        lo = index * self.part
+        hi = min(lo + self.part, self.size)
+        with slot.scope:
+            try:
+                slot.data = await self._get(lo, hi)
+                if len(slot.data) != hi - lo:
+                    raise RemoteIOError(f"short read of part {index}: {len(slot.data)} of {hi - lo} bytes")
+            except FSError as exc:
+                slot.data, slot.error = None, exc
+        if slot.scope.cancelled_caught and slot.data is None and slot.error is None:
+            slot.cancelled = True
+        slot.done.set()
+
+    def _discard(self, index: int) -> None:
+        slot = self._parts.pop(index, None)
+        if slot is not None and not slot.done.is_set():
+            slot.scope.cancel()
+
+    def _drop_parts(self) -> None:
+        for index in list(self._parts):
+            self._discard(index)
+        self._ahead = 1
