@@ -167,7 +167,9 @@ def test_refcounted_mounts_survive_plugin_restart(plugin, seaweed, s3, bucket, t
     os.kill(daemons[0], signal.SIGKILL)
     wait_for(lambda: not s3pyfs_pids_for(point), 10, "s3pyfs killed")
     plugin.start()
-    wait_for(lambda: len(s3pyfs_pids_for(point)) == 1, 30, "remounted after restart", plugin.proc, plugin.log)
+    wait_for(lambda: plugin("/VolumeDriver.Get", {"Name": "photos"})["Volume"]["Status"]["mounted"], 30,
+             "remounted after restart", plugin.proc, plugin.log)
+    wait_for(lambda: len(s3pyfs_pids_for(point)) == 1, 10, "one daemon after the remount")
     with open(os.path.join(point, "a.txt")) as fh:
         assert fh.read() == "from container a"
 
