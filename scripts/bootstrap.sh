@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare this machine for s3pyfs development (fresh Debian 12, run as root):
 #   1. Debian packages: FUSE 3, build tools, s3fs (for interop tests), tools
-#      the tests drive (git, rsync, sqlite3, tar, attr, strace, fio).
+#      the tests drive (git, rsync, sqlite3, tar, attr, strace, fio, systemd-analyze).
 #   2. A virtualenv in .venv with `pip install -e '.[test]'`.
 #   3. /usr/local/bin/s3pyfs -> .venv/bin/s3pyfs, so mount(8) finds it for fstab lines.
 # Idempotent and quick on re-run: apt is skipped when every package is
@@ -14,7 +14,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 APT_PACKAGES=(fuse3 libfuse3-dev pkg-config build-essential python3-dev python3-venv
-              s3fs git rsync sqlite3 tar attr strace fio)
+              s3fs git rsync sqlite3 tar attr strace fio systemd)
 VENV="$ROOT/.venv"
 STAMP="$VENV/bootstrap.stamp"
 PYTHON=${PYTHON:-python3}
