@@ -106,13 +106,21 @@ def test_protocol_basics_and_create_validation(plugin, seaweed, bucket):
     for field in ("bucket", "access_key_id", "secret_access_key"):
         partial = {k: v for k, v in config.items() if k != field}
         assert create_err(**partial) == f"Missing mandatory '{field}' field in 'Opts'"
-    assert "use_sse" in create_err(**{**config, "use_sse": True})
-    assert "use_sse" in create_err(**{**config, "use_kms": "true", "kms_key_id": "arn:aws:kms:k"})
-    assert "acl=public-read" in create_err(**{**config, "acl": "public-read"})
-    assert "storage_class=GLACIER" in create_err(**{**config, "storage_class": "GLACIER"})
+    assert "use_kms" in create_err(**{**config, "kms_key_id": "arn:aws:kms:k"})
     assert "'bukket'" in create_err(**{**config, "bukket": "x"})
     assert "subdomain" in create_err(**{**config, "subdomain": "maybe"})
     assert "passwd_file" in create_err(**{**config, "mount_options": "passwd_file=/etc/x"})
+    # Write settings become s3pyfs options (kept in the state file for the mount).
+    for extra, expected in [
+            ({"use_sse": True}, ["default_acl=private", "storage_class=STANDARD", "use_sse=1"]),
+            ({"use_sse": "true", "use_kms": "true", "kms_key_id": "arn:aws:kms:eu-west-3:1:key/k"},
+             ["default_acl=private", "storage_class=STANDARD", "use_sse=kmsid:arn:aws:kms:eu-west-3:1:key/k"]),
+            ({"use_kms": True, "acl": "", "storage_class": "standard_ia"},
+             ["storage_class=standard_ia", "use_sse=kmsid"])]:
+        assert create_err(**{**config, **extra}) == ""
+        state = json.loads((plugin.state_dir / "state.json").read_text())
+        assert state["volumes"]["v"]["opts"]["write_options"] == expected
+    assert plugin("/VolumeDriver.Remove", {"Name": "v"}) == {"Err": ""}
     assert "invalid volume name" in plugin("/VolumeDriver.Create", {"Name": "../etc", "Opts": config})["Err"]
     assert plugin("/VolumeDriver.List")["Volumes"] == []
     assert plugin("/VolumeDriver.Mount", {"Name": "nope", "ID": "c1"})["Err"] == "volume nope not found"
@@ -190,7 +198,7 @@ def test_refcounted_mounts_survive_plugin_restart(plugin, seaweed, s3, bucket, t
     assert "Traceback" not in plugin.log.read_text()
 
 
-def test_mount_failure_is_a_clear_err_and_leaves_nothing(plugin, seaweed, bucket):
+def test_mount_failure_is_a_clear_err_and_leaves_nothing(plugin, seaweed, s3, bucket):
     wrong = "not-the-secret-" + "w" * 16
     assert plugin("/VolumeDriver.Create", {"Name": "bad", "Opts": mount_config(
         seaweed, bucket, secret_access_key=wrong)}) == {"Err": ""}
@@ -204,5 +212,19 @@ def test_mount_failure_is_a_clear_err_and_leaves_nothing(plugin, seaweed, bucket
     assert plugin("/VolumeDriver.Create", {"Name": "bad", "Opts": mount_config(seaweed, bucket)}) == {"Err": ""}
     assert plugin("/VolumeDriver.Mount", {"Name": "bad", "ID": "c1"})["Err"] == ""
     assert os.stat(point).st_uid == 1000                             # CF map mount_options applied
+    daemon = s3pyfs_pids_for(point)[0]
+    cmdline = open(f"/proc/{daemon}/cmdline", "rb").read().decode().split("\0")
+    opts = cmdline[cmdline.index("-o") + 1].split(",")
+    assert {"default_acl=private", "storage_class=STANDARD", "uid=1000", "allow_other"} <= set(opts)
+    with open(os.path.join(point, "cf.txt"), "w") as fh:
+        fh.write("cloud foundry")
+    assert s3().get_object(Bucket=bucket, Key="cf.txt")["Body"].read() == b"cloud foundry"
     assert plugin("/VolumeDriver.Unmount", {"Name": "bad", "ID": "c1"}) == {"Err": ""}
+    assert fstype(point) is None
+
+    # A value s3pyfs refuses: Create records it, Mount answers with s3pyfs's reason.
+    assert plugin("/VolumeDriver.Create", {"Name": "bad", "Opts": mount_config(
+        seaweed, bucket, acl="world-writable")}) == {"Err": ""}
+    answer = plugin("/VolumeDriver.Mount", {"Name": "bad", "ID": "c2"})
+    assert "exit code 2" in answer["Err"] and "default_acl" in answer["Err"], answer
     assert fstype(point) is None
