@@ -157,3 +157,34 @@ def test_sse_c_mount_encrypts_what_it_writes(s3, bucket, mount, tmp_path):
     again = mount(bucket, f"use_sse=custom:{key_file}")                     # a fresh mount reads it back
     assert (again.path / "dir" / "moved.txt").read_bytes() == b"encrypted with a customer key"
     assert (again.path / "plain.txt").read_bytes() == b"written without encryption"
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("options, expected", [
+    ("endpoint=eu-west-1", r"^AWS4-HMAC-SHA256 Credential=AKIDTEST/\d{8}/eu-west-1/s3/aws4_request"),
+    ("", r"^AWS4-HMAC-SHA256 Credential=AKIDTEST/\d{8}/us-east-1/s3/aws4_request"),
+    ("sigv2", r"^AWS AKIDTEST:[A-Za-z0-9+/=]+$"),
+    ("public_bucket=1", None),
+])
+async def test_signature_follows_endpoint_sigv2_and_public_bucket(moto_server, moto_s3, tmp_path, monkeypatch,
+                                                                  options, expected):
+    import re
+
+    from s3pyfs.cli import parse_args
+    from s3pyfs.mount import make_settings
+    _, bucket = moto_s3
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    opts = parse_args([bucket, str(tmp_path), "-o", f"url={moto_server.endpoint},use_path_request_style,{options}"])
+    seen = []
+    async with open_client(make_settings(opts)) as client:
+        client._c.meta.events.register("before-send.s3", lambda request, **_: seen.append(request.headers))
+        await client.head("nothing-here")
+    auth = seen[0].get("Authorization")
+    auth = auth.decode() if isinstance(auth, bytes) else auth
+    if expected is None:
+        assert auth is None
+    else:
+        assert re.match(expected, auth or ""), auth
