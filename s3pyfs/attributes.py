@@ -51,6 +51,9 @@ class AttributeOps(FileOps):
         if mtime_ns is not None:
             attrs.mtime_ns = mtime_ns
             changed_meta = True
+        if (atime_ns is not None or mtime_ns is not None) and node.staging is not None \
+                and node.staging.stream is not None:
+            node.staging.stream.explicit_times = True
         if changed_meta:
             attrs.ctime_ns = now
         if size is not None:

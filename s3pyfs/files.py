@@ -24,6 +24,7 @@ from .handles import FileHandle
 from .inodes import Node
 from .metadata import user_metadata
 from .reader import ObjectReader
+from .streaming import Stream
 from .writeback import Staging
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,19 @@ class FileOps(CoreBase):
         written = await staging.write(offset, data, self._fetcher(node))
         node.attrs.size = staging.size
         node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
+        self._stream_if_useful(node, staging)
         return written
+
+    def _stream_if_useful(self, node: Node, staging: Staging) -> None:
+        """Send full parts of a large, wholly local file while it is still being written."""
+        part = self.cfg.multipart_size
+        if self.spawn is None or staging.source_limit != 0 or staging.size < 2 * part or not node.attached():
+            return
+        if staging.stream is None:
+            staging.stream = Stream(self.client, self.inodes.file_key(node), user_metadata(node.attrs), part,
+                                    self.cfg.parallel, self.spawn)
+            staging.stream.writer_end = staging.size
+        staging.stream.kick(staging.fd)
 
     async def flush(self, fh: int) -> None:
         node = self.handles.file(fh).node
@@ -139,8 +152,12 @@ class FileOps(CoreBase):
             self._name_added(parent, node.name, node)
 
     def _drop_staging(self, node: Node) -> None:
-        if node.staging is not None:
-            node.staging.close()
+        staging = node.staging
+        if staging is not None:
+            if staging.stream is not None and self.spawn is not None:
+                stream, staging.stream = staging.stream, None
+                self.spawn(stream.abort)            # the parts it sent are not wanted now
+            staging.close()
             node.staging = None
         self.inodes.forget_if_unused(node)
 

@@ -29,6 +29,7 @@ import trio
 
 from .concurrency import run_all
 from .errors import NoSpace, RemoteIOError
+from .streaming import Stream
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Staging:
         self.generation = 0
         self.clean_generation = 0
         self.upload_lock = trio.Lock()
+        self.stream: Stream | None = None     # streaming multipart upload in progress
         os.ftruncate(fd, size)
 
     # ---- state -----------------------------------------------------------
@@ -154,6 +156,8 @@ class Staging:
         self.size = max(self.size, end)
         self.present.update(range(first, last + 1))
         self.mark_dirty()
+        if self.stream is not None:
+            self.stream.note_write(offset, end, self.generation)
         return len(data)
 
     async def read(self, offset: int, size: int, fetch: Fetch) -> bytes:
@@ -174,6 +178,8 @@ class Staging:
             raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
         self.source_limit = min(self.source_limit, new_size)
         self.present = {b for b in self.present if b * BLOCK < new_size}
+        if self.stream is not None:
+            self.stream.abandoned = "truncated while streaming"
         self.size = new_size
         self.mark_dirty()
 
@@ -185,6 +191,12 @@ class Staging:
             generation = self.generation
             await self.ensure(0, self.size, fetch, parallel)
             size = self.size
+            stream, self.stream = self.stream, None
+            if stream is not None:
+                etag = await self._finish_stream(stream, key, size, metadata)
+                if etag is not None:
+                    self.clean_generation = generation
+                    return etag
             if size <= multipart_threshold:
                 data = os.pread(self.fd, size, 0) if size else b""
                 if len(data) != size:
@@ -196,6 +208,20 @@ class Staging:
             # everything below `size` is now local and equals what S3 holds
             self.source_limit = 0
             return etag
+
+    async def _finish_stream(self, stream: Stream, key: str, size: int, metadata: dict[str, str]) -> str | None:
+        """Complete a streaming upload; None when it cannot be used (then it is aborted)."""
+        usable = not stream.abandoned and stream.key == key and stream.part < size <= stream.part * MAX_PARTS
+        if usable:
+            try:
+                return await stream.finish(self.fd, size, metadata)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await stream.abort()
+                raise
+        with trio.CancelScope(shield=True):
+            await stream.abort()
+        return None
 
     async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type):
         part = part_size_for(size, configured_part)

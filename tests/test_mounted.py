@@ -376,3 +376,39 @@ def test_names_created_elsewhere_appear_after_the_negative_ttl(s3, bucket, mount
         assert time.monotonic() < deadline, "a name created by another client stayed invisible"
         time.sleep(0.2)
     assert (m.path / "late").read_bytes() == b"arrived"
+
+
+def test_large_sequential_write_streams_parts_before_close(s3, bucket, mount):
+    m = mount(bucket, "multipart_size=5")
+    part = 5 * MiB
+    data = bytearray(os.urandom(7 * part + 12345))
+    with open(m.path / "stream.bin", "wb") as f:
+        f.write(data[:6 * part])
+        f.flush()
+        deadline = time.monotonic() + 20           # parts go up while the file is open
+        while not s3.list_multipart_uploads(Bucket=bucket).get("Uploads"):
+            assert time.monotonic() < deadline, "no multipart upload started before close"
+            time.sleep(0.1)
+        f.seek(part + 100)                         # rewrite inside a part already sent
+        f.write(b"REWRITTEN")
+        data[part + 100:part + 109] = b"REWRITTEN"
+        f.seek(6 * part)
+        f.write(data[6 * part:])
+    assert obj_body(s3, bucket, "stream.bin") == bytes(data)
+    head = s3.head_object(Bucket=bucket, Key="stream.bin")
+    assert head["ETag"].strip('"').endswith("-8")
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert int(head["Metadata"]["mode"]) & 0o777 == 0o644
+
+
+def test_streamed_file_truncated_or_chmodded_before_close(s3, bucket, mount):
+    m = mount(bucket, "multipart_size=5")
+    data = os.urandom(16 * MiB)
+    with open(m.path / "t.bin", "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fchmod(f.fileno(), 0o600)
+        f.truncate(11 * MiB)
+    assert obj_body(s3, bucket, "t.bin") == data[:11 * MiB]
+    assert int(s3.head_object(Bucket=bucket, Key="t.bin")["Metadata"]["mode"]) & 0o777 == 0o600
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")

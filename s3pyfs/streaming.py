@@ -1,0 +1,143 @@
+"""Streaming multipart upload: parts go up while a large file is still being written.
+
+Responsibility: for a staging file whose every byte is local (new, or fully
+rewritten), upload each full part in the background as soon as the writer has
+moved past it, so that `close()` only has to send the tail and complete the
+upload.  `Staging.upload` finishes (or abandons) the stream.
+Invariants:
+  * A part is uploaded from the staging file; `part_gen[i]` is the staging
+    generation of the last write into part i, `done[i]` records the generation
+    the uploaded copy was read at.  At completion every part whose copy is
+    older than its last write is uploaded again, so a random write behind the
+    writer is never lost.
+  * At most `parallel` parts are in flight (each holds one part in memory).
+  * Any failure, a truncation or a rename marks the stream `abandoned`; the
+    final upload then aborts it and uploads the whole file the ordinary way.
+  * Times are left out of the upload's metadata: S3 sets LastModified at
+    completion, which is what s3pyfs reports as mtime for an object without
+    an mtime header.  A mode/owner/xattr/explicit-time change made meanwhile
+    is applied after completion by a metadata copy.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Callable
+
+import trio
+
+from .concurrency import run_all
+from .errors import FSError, RemoteIOError
+
+log = logging.getLogger(__name__)
+
+TIME_HEADERS = ("mtime", "ctime", "atime")
+
+
+def without_times(metadata: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in metadata.items() if k not in TIME_HEADERS}
+
+
+class Stream:
+    def __init__(self, client, key: str, metadata: dict[str, str], part: int, parallel: int,
+                 spawn: Callable[..., None], content_type: str | None = None):
+        self.client = client
+        self.key = key
+        self.metadata = without_times(metadata)
+        self.content_type = content_type
+        self.part = part
+        self.parallel = parallel
+        self.spawn = spawn
+        self.upload_id: str | None = None
+        self._create_lock = trio.Lock()
+        self.part_gen: dict[int, int] = {}
+        self.done: dict[int, tuple[int, str]] = {}
+        self.inflight: dict[int, trio.Event] = {}
+        self.abandoned: str | None = None
+        self.explicit_times = False     # utimens while streaming: times go in after completion
+        self.writer_end = 0
+
+    def note_write(self, offset: int, end: int, generation: int) -> None:
+        for index in range(offset // self.part, (end - 1) // self.part + 1):
+            self.part_gen[index] = generation
+        self.writer_end = end
+
+    def kick(self, fd: int) -> None:
+        """Start uploads of full parts the writer has moved past (non-blocking)."""
+        if self.abandoned:
+            return
+        for index in range(self.writer_end // self.part):
+            if len(self.inflight) >= self.parallel:
+                return
+            if index in self.inflight or self._current(index):
+                continue
+            self.inflight[index] = trio.Event()
+            self.spawn(self._send, fd, index)
+
+    def _current(self, index: int) -> bool:
+        done = self.done.get(index)
+        return done is not None and done[0] == self.part_gen.get(index, 0)
+
+    async def _ensure_upload(self) -> str:
+        async with self._create_lock:
+            if self.upload_id is None:
+                self.upload_id = await self.client.create_multipart(self.key, self.metadata, self.content_type)
+            return self.upload_id
+
+    async def _send(self, fd: int, index: int) -> None:
+        try:
+            await self._upload_part(fd, index)
+        except (FSError, OSError) as exc:      # OSError: the staging file went away (unlink)
+            self.abandoned = f"part {index + 1} failed: {exc}"
+            log.warning("streaming upload of %s: %s; the whole file goes up at close", self.key, exc)
+        finally:
+            event = self.inflight.pop(index, None)
+            if event is not None:
+                event.set()
+        self.kick(fd)
+
+    async def _upload_part(self, fd: int, index: int) -> None:
+        upload_id = await self._ensure_upload()
+        generation = self.part_gen.get(index, 0)
+        data = os.pread(fd, self.part, index * self.part)
+        if len(data) != self.part:
+            raise RemoteIOError("staging file shorter than a streamed part")
+        etag = await self.client.upload_part(self.key, upload_id, index + 1, data)
+        self.done[index] = (generation, etag)
+
+    async def finish(self, fd: int, size: int, metadata: dict[str, str]) -> str | None:
+        """Complete the upload with every part current; raises FSError (caller aborts)."""
+        for event in list(self.inflight.values()):
+            await event.wait()
+        if self.abandoned:
+            raise RemoteIOError(f"streaming upload abandoned: {self.abandoned}")
+        count = (size + self.part - 1) // self.part
+        etags = [""] * count
+
+        async def one(index: int) -> None:
+            if index < count - 1 and self._current(index):
+                etags[index] = self.done[index][1]
+                return
+            upload_id = await self._ensure_upload()
+            length = min(self.part, size - index * self.part)
+            data = os.pread(fd, length, index * self.part)
+            if len(data) != length:
+                raise RemoteIOError("staging file shorter than the file size")
+            etags[index] = await self.client.upload_part(self.key, upload_id, index + 1, data)
+        await run_all((functools.partial(one, index) for index in range(count)), self.parallel)
+        etag = await self.client.complete_multipart(self.key, self.upload_id, etags)
+        self.upload_id = None
+        if without_times(metadata) != self.metadata or self.explicit_times:
+            etag = await self.client.copy(self.key, self.key, size, metadata=metadata,
+                                          content_type=self.content_type, parallel=self.parallel) or etag
+        return etag
+
+    async def abort(self) -> None:
+        self.abandoned = self.abandoned or "aborted"
+        for event in list(self.inflight.values()):
+            await event.wait()
+        if self.upload_id is not None:
+            await self.client.abort_multipart(self.key, self.upload_id)
+            self.upload_id = None
