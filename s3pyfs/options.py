@@ -104,6 +104,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("use_xattr", None, None, _NO_EFFECT + "user.* extended attributes are always supported"),
     Option("notsup_compat_dir", None, None, _NO_EFFECT + "every s3fs directory form is always read"),
     Option("kernel_cache", None, None, _NO_EFFECT + "s3pyfs decides page cache use per open"),
+    Option("cipher_suites", None, v.ignored, _NO_EFFECT + "Python's TLS defaults already prefer AES-GCM"),
     Option("max_background", None, v.whole(1, 65535), _NO_EFFECT + "set by pyfuse3"),
     # --- requests
     Option("retries", "retries", v.whole(1, 20), "attempts of one S3 request, including the first (default 3)"),
@@ -154,7 +155,6 @@ UNSUPPORTED = {
     "mime": "content types are not guessed from file names",
     "enable_content_md5": "not implemented",
     "ssl_verify_hostname": "use no_check_certificate",
-    "cipher_suites": "TLS settings come from Python's ssl defaults",
     "nodnscache": "not implemented",
     "nosscache": "not implemented",
     "noua": "not implemented",
@@ -321,5 +321,12 @@ def man_rows() -> str:
         if opt.details:
             text += " " + opt.details
         lines += [".TP", name, _roff(text)]
+    lines += [".PP", "The fstab and mount(8) words"]
+    words = sorted(CONSUMED_FLAGS) + [p + ("*" if p.endswith("-") else "") for p in CONSUMED_PREFIXES]
+    lines += [f".BR {_roff(w)} ," for w in words[:-1]] + ["and", f".B {_roff(words[-1])}"]
+    lines += ["are accepted and ignored; the mount is always", ".B nosuid", "and", ".BR nodev ."]
+    lines += [".PP", "s3fs options s3pyfs refuses (exit status 2) because it does not implement them:"]
+    lines += [f".BR {_roff(name)} \" ({_roff(reason)})\"{',' if i < len(UNSUPPORTED) - 1 else '.'}"
+              for i, (name, reason) in enumerate(sorted(UNSUPPORTED.items()))]
     lines.append(MAN_END)
     return "\n".join(lines) + "\n"

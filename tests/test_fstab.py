@@ -104,3 +104,46 @@ def test_fstab_mount_failure_is_reported_by_mount(installed, seaweed, bucket, tm
     assert result.returncode != 0 and entries(point) == []
     assert f"s3pyfs: cannot read passwd file {tmp_path}/missing" in result.stderr
     assert time.monotonic() - started < 30
+
+
+# An s3fs command line and fstab line as node guides write them (IBM Cloud Object Storage's
+# tuning advice, OpenShift's SELinux context); only `s3fs` becomes `s3pyfs`.
+GUIDE_COMMAND = ("s3fs {bucket} {point} -o url={url} -o passwd_file={pw} -o use_path_request_style "
+                 "-o cipher_suites=AESGCM -o kernel_cache -o max_background=1000 -o max_stat_cache_size=100000 "
+                 "-o multipart_size=52 -o parallel_count=30 -o multireq_max=30 -o dbglevel=warn -o retries=5 "
+                 "-o allow_other -o mp_umask=002 -o umask=002 -o uid=1000 -o gid=1000 -o complement_stat "
+                 "-o endpoint=us-east-1 -o context=system_u:object_r:container_file_t:s0")
+GUIDE_FSTAB = ("{bucket} {point} fuse.s3fs _netdev,allow_other,nofail,use_path_request_style,url={url},"
+               "passwd_file={pw},umask=0022,uid=0,gid=0,max_stat_cache_size=100000,use_xattr,"
+               'context="system_u:object_r:container_file_t:s0:c1,c2",x-systemd.automount 0 0\n')
+
+
+def test_s3fs_lines_from_a_node_guide_work_with_s3pyfs(installed, seaweed, s3, bucket, tmp_path):
+    import shlex
+    point = tmp_path / "mnt"
+    point.mkdir()
+    pw = tmp_path / "passwd-s3fs"
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, f"{seaweed.access_key}:{seaweed.secret_key}\n".encode())
+    os.close(fd)
+    values = dict(bucket=bucket, point=point, url=seaweed.endpoint, pw=pw)
+    argv = shlex.split(GUIDE_COMMAND.format(**values))
+    assert argv[0] == "s3fs"
+    try:
+        result = run_bare(installed, *argv[1:])
+        assert result.returncode == 0, result.stderr
+        assert "SELinux is not enabled" in result.stderr            # this host: dropped, with one line
+        st = os.stat(point)
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o775, 1000, 1000)
+        (point / "from-command-line").write_text("x")
+        assert run_bare("umount", str(point)).returncode == 0
+
+        fstab = tmp_path / "fstab"
+        fstab.write_text(GUIDE_FSTAB.format(**values).replace(" fuse.s3fs ", " fuse.s3pyfs "))
+        mounted = run_bare("mount", "-T", str(fstab), str(point))
+        assert mounted.returncode == 0, mounted.stderr
+        assert sorted(os.listdir(point)) == ["from-command-line"]
+        assert run_bare("mount", "-a", "-T", str(fstab)).returncode == 0 and len(entries(point)) == 1
+        assert run_bare("umount", str(point)).returncode == 0
+    finally:
+        support.force_unmount(point)
