@@ -158,6 +158,8 @@ def test_entrypoint_cleans_dead_mounts_and_prestop_unmount(
         assert fstype(point) == support.FSTYPE               # dead mount left on the host
         with pytest.raises(OSError):
             os.statvfs(point)
+        not_ready = run_entrypoint("ready", env)             # listed, but its daemon is gone
+        assert not_ready.returncode == 1 and "not ready" in not_ready.stdout
     finally:
         support.stop_process(proc)
     proc = start_in_namespace(env, log)
