@@ -289,8 +289,6 @@ def check_local_dirs(opts: MountOptions) -> None:
         raise UsageError(f"tmpdir {opts.tmpdir} is not a writable directory")
     if opts.check_cache_dir_exist and opts.use_cache and not os.path.isdir(opts.use_cache):
         raise UsageError(f"use_cache directory {opts.use_cache} does not exist (check_cache_dir_exist is set)")
-    if (opts.check_cache_dir_exist or opts.del_cache or opts.cache_size or opts.ensure_diskfree) and not opts.use_cache:
-        raise UsageError("cache options need use_cache=DIR")
 
 
 def run(opts: MountOptions) -> int:

@@ -163,9 +163,8 @@ def test_credential_sources_in_settings(tmp_path, monkeypatch):
     assert mount_mod.make_settings(opts_for(tmp_path, "use_session_token")).static_keys.session_token == "tok"
 
 
-def test_cache_options_need_use_cache_and_existing_dir(tmp_path):
-    with pytest.raises(UsageError, match="need use_cache"):
-        mount_mod.check_local_dirs(opts_for(tmp_path, "cache_size=100"))
+def test_check_cache_dir_exist_needs_the_directory(tmp_path):
+    mount_mod.check_local_dirs(opts_for(tmp_path, f"cache_size=100,del_cache,tmpdir={tmp_path}"))   # as s3fs: no cache
     with pytest.raises(UsageError, match="does not exist"):
         mount_mod.check_local_dirs(opts_for(tmp_path, f"use_cache={tmp_path}/none,check_cache_dir_exist"))
     mount_mod.check_local_dirs(opts_for(tmp_path, f"use_cache={tmp_path},check_cache_dir_exist,tmpdir={tmp_path}"))
