@@ -289,6 +289,12 @@ def check_local_dirs(opts: MountOptions) -> None:
         raise UsageError(f"tmpdir {opts.tmpdir} is not a writable directory")
     if opts.check_cache_dir_exist and opts.use_cache and not os.path.isdir(opts.use_cache):
         raise UsageError(f"use_cache directory {opts.use_cache} does not exist (check_cache_dir_exist is set)")
+    if opts.logfile:
+        try:
+            with open(opts.logfile, "a"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot write logfile {opts.logfile}: {exc.strerror}") from None
 
 
 def run(opts: MountOptions) -> int:

@@ -163,6 +163,11 @@ def test_credential_sources_in_settings(tmp_path, monkeypatch):
     assert mount_mod.make_settings(opts_for(tmp_path, "use_session_token")).static_keys.session_token == "tok"
 
 
+def test_unwritable_logfile_is_refused_before_forking(tmp_path):
+    with pytest.raises(UsageError, match="cannot write logfile"):
+        mount_mod.check_local_dirs(opts_for(tmp_path, f"logfile={tmp_path}/no/such/dir/log,tmpdir={tmp_path}"))
+
+
 def test_check_cache_dir_exist_needs_the_directory(tmp_path):
     mount_mod.check_local_dirs(opts_for(tmp_path, f"cache_size=100,del_cache,tmpdir={tmp_path}"))   # as s3fs: no cache
     with pytest.raises(UsageError, match="does not exist"):
