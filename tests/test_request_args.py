@@ -188,3 +188,78 @@ async def test_signature_follows_endpoint_sigv2_and_public_bucket(moto_server, m
         assert auth is None
     else:
         assert re.match(expected, auth or ""), auth
+
+
+class _CountingServer:
+    """Counts connections and requests; answers 500, or never answers (stall)."""
+
+    def __init__(self, mode):
+        import socket
+        import threading
+        self.mode, self.connections, self.requests = mode, 0, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._open = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._open.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        body = b"<Error><Code>InternalError</Code><Message>boom</Message></Error>"
+        try:
+            while True:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.requests += 1
+                if self.mode == "stall":
+                    continue                  # read it, never answer
+                conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+        for conn in self._open:
+            conn.close()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("mode, options, attempts", [
+    ("error", "retries=3", 3), ("error", "retries=1", 1),
+    ("stall", "retries=2,readwrite_timeout=1", 2),
+])
+async def test_retries_count_attempts_and_readwrite_timeout_bounds_silence(tmp_path, monkeypatch, mode, options,
+                                                                           attempts):
+    from s3pyfs.cli import parse_args
+    from s3pyfs.errors import RemoteIOError
+    from s3pyfs.mount import make_settings
+    server = _CountingServer(mode)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    opts = parse_args(["bucket1", str(tmp_path), "-o", f"url={server.url},use_path_request_style,connect_timeout=1,"
+                                                        f"request_timeout=30,{options}"])
+    try:
+        async with open_client(make_settings(opts)) as client:
+            started = trio.current_time()
+            with pytest.raises(RemoteIOError):
+                await client.get_range("key", 0, 10)
+            took = trio.current_time() - started
+    finally:
+        server.close()
+    assert server.requests == attempts                      # s3fs's meaning: attempts, the first included
+    if mode == "stall":
+        assert attempts * 1 <= took < attempts * 1 + 5     # each silent attempt gives up after 1 s
