@@ -19,6 +19,7 @@ import stat
 import time
 from typing import Callable
 
+import trio
 from cachetools import LRUCache
 
 from . import namespace
@@ -73,6 +74,7 @@ class CoreBase:
         self.dir_metadata_kept: bool | None = None
         # set by mount.serve: start a background task (read-ahead); None runs work inline
         self.spawn: Callable[..., None] | None = None
+        self._resolving: dict[tuple[int, str], trio.Event] = {}
         # set by the FUSE adapter: drop a name from the kernel's dentry cache
         self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
 
@@ -145,11 +147,39 @@ class CoreBase:
             node.symlink_target = None
         return node
 
+    def _node_from_listing(self, parent: Node, name: str, entry: ListedEntry) -> Node:
+        """A node typed and sized by a listing; its other attributes are not verified yet
+        (it is born stale, so the next getattr/lookup fetches the real headers)."""
+        node = self.inodes.child(parent.ino, name)
+        if node is not None:
+            return node
+        key = self.inodes.key_for(parent, name)
+        info = None if entry.is_dir else ObjectInfo(key, entry.size, entry.etag, entry.last_modified_ns)
+        attrs = self._attrs_from_found(namespace.Found(entry.is_dir, info), key)
+        return self.inodes.add(parent.ino, name, attrs, ttl=0)
+
     async def _resolve(self, parent: Node, name: str) -> Node | None:
-        """The child `name` of `parent`, refreshed from S3 when stale; None if absent."""
+        """The child `name` of `parent`, refreshed from S3 when stale; None if absent.
+
+        Concurrent resolutions of one name share a single probe."""
         node = self.inodes.child(parent.ino, name)
         if node is not None and self._fresh(node):
             return node
+        pending = self._resolving.get((parent.ino, name))
+        if pending is not None:
+            await pending.wait()
+            node = self.inodes.child(parent.ino, name)
+            if node is not None and self._fresh(node):
+                return node
+        done = self._resolving[(parent.ino, name)] = trio.Event()
+        try:
+            return await self._probe(parent, name, node)
+        finally:
+            if self._resolving.get((parent.ino, name)) is done:
+                del self._resolving[(parent.ino, name)]
+            done.set()
+
+    async def _probe(self, parent: Node, name: str, node: Node | None) -> Node | None:
         dir_prefix = self.inodes.dir_prefix(parent)
         found = await namespace.probe(self.client, self.cache, dir_prefix, name)
         if found is None:

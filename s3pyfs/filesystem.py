@@ -24,7 +24,7 @@ from . import namespace
 from .attributes import AttributeOps
 from .concurrency import run_all
 from .core import MAX_KEY_BYTES, now_ns
-from .errors import Exists, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
+from .errors import Exists, FSError, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
 from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 LISTING_HEADS = 32          # parallel HEADs while listing a directory
+MAX_SPECIAL_FILE_SIZE = 4096  # larger objects cannot be symlinks (PATH_MAX) or FIFOs
 
 
 class Filesystem(AttributeOps):
@@ -87,13 +88,39 @@ class Filesystem(AttributeOps):
             if not child.in_s3 or child.staging is not None:
                 names.add(child.name)         # created here, upload pending
         resolved: dict[str, Node] = {}
+        to_head, to_verify = [], []
+        for name in names:
+            node = self.inodes.child(directory.ino, name)
+            entry = listing.get(name)
+            if node is not None and self._fresh(node):
+                resolved[name] = node
+            elif self.spawn is not None and entry is not None and \
+                    (entry.is_dir or entry.size > MAX_SPECIAL_FILE_SIZE):
+                # the type is certain (directory, or too large for a symlink or a FIFO):
+                # answer now, fetch the headers in the background
+                resolved[name] = self._node_from_listing(directory, name, entry)
+                to_verify.append(name)
+            else:
+                to_head.append(name)
 
         async def one(name: str) -> None:
             node = await self._resolve(directory, name)
             if node is not None:
                 resolved[name] = node
-        await run_all((functools.partial(one, name) for name in names), LISTING_HEADS)
+        await run_all((functools.partial(one, name) for name in to_head), LISTING_HEADS)
+        if to_verify:
+            self.spawn(self._verify, directory, to_verify)
         return sorted(resolved.items())
+
+    async def _verify(self, directory: Node, names: list[str]) -> None:
+        """Fetch the headers of names a listing returned (background, bounded)."""
+        async def one(name: str) -> None:
+            if directory.attached():
+                await self._resolve(directory, name)
+        try:
+            await run_all((functools.partial(one, name) for name in names), LISTING_HEADS)
+        except (FSError, KeyError) as exc:     # the entries stay stale; getattr retries
+            log.debug("background HEADs in %s stopped: %s", directory.name, exc)
 
     async def releasedir(self, fh: int) -> None:
         handle = self.handles.pop(fh)

@@ -81,7 +81,8 @@ class Operations(pyfuse3.Operations):
         entry.st_ino = node.ino
         entry.generation = 0
         entry.entry_timeout = self.timeout
-        entry.attr_timeout = self.timeout
+        # attributes typed from a listing but not yet read from the object: do not cache
+        entry.attr_timeout = self.timeout if self.fs._fresh(node) else 0
         entry.st_mode = reported_mode(a, defaults)
         entry.st_nlink = 2 if node.is_dir else 1
         entry.st_uid, entry.st_gid = reported_owner(a, defaults)

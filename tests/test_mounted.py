@@ -412,3 +412,18 @@ def test_streamed_file_truncated_or_chmodded_before_close(s3, bucket, mount):
     assert obj_body(s3, bucket, "t.bin") == data[:11 * MiB]
     assert int(s3.head_object(Bucket=bucket, Key="t.bin")["Metadata"]["mode"]) & 0o777 == 0o600
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_listing_shows_real_headers_of_large_and_small_objects(s3, bucket, mount):
+    for i in range(40):
+        s3.put_object(Bucket=bucket, Key=f"d/big{i}", Body=b"x" * 5000,
+                      Metadata={"mode": str(stat.S_IFREG | 0o600), "uid": "77"})
+    s3.put_object(Bucket=bucket, Key="d/link", Body=b"big0", Metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    m = mount(bucket)
+    listing = run("ls", "-ln", str(m.path / "d")).stdout.splitlines()[1:]
+    modes = {line.split()[-1]: (line.split()[0], line.split()[2]) for line in listing if "->" not in line}
+    assert len(modes) == 40 and set(modes.values()) == {("-rw-------", "77")}
+    assert any(line.startswith("l") and line.endswith("link -> big0") for line in listing)
+    found = run("find", str(m.path / "d"), "-type", "l").stdout.split()
+    assert found == [str(m.path / "d" / "link")]
+    assert len(run("find", str(m.path / "d"), "-type", "f").stdout.split()) == 40
