@@ -19,11 +19,13 @@ the fork writes to the caller's stdout/stderr except libfuse's own mount error.
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
 import shutil
 import signal
+import stat
 import socket
 import sys
 import tempfile
@@ -52,14 +54,15 @@ def check_mountpoint(opts: MountOptions) -> None:
     path = opts.mountpoint
     try:
         st = os.stat(path)
+        if os.path.ismount(path):
+            os.statvfs(path)        # stat alone can answer from cache over a dead FUSE mount
     except FileNotFoundError:
         raise MountError(f"mount point {path} does not exist") from None
     except OSError as exc:
-        if exc.errno == 107:   # ENOTCONN: a FUSE mount whose process died
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):   # a FUSE mount whose process died
             raise MountError(f"mount point {path} is a dead FUSE mount; run: fusermount3 -u {path}") from None
         raise MountError(f"mount point {path}: {exc.strerror}") from None
-    import stat as _stat
-    if not _stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {path} is not a directory")
     if os.path.ismount(path):
         raise MountError(f"{path} is already a mount point")

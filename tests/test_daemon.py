@@ -110,3 +110,14 @@ def test_sigterm_uploads_open_dirty_file_then_exits_0(s3, bucket, mount):
     except OSError:
         pass     # the mount is gone; the data must be in S3 regardless
     assert s3().get_object(Bucket=bucket, Key="pending")["Body"].read() == b"written but not closed"
+
+
+def test_dead_mount_left_by_a_killed_process_is_named(seaweed, bucket, mount, tmp_path):
+    m = mount(bucket)
+    m.expect_clean_exit = False
+    m.proc.kill()
+    m.proc.wait(timeout=10)
+    pw = passwd_file(tmp_path, seaweed.access_key, seaweed.secret_key)
+    result = run_s3pyfs(bucket, str(m.path), "-o", f"url={seaweed.endpoint},use_path_request_style,passwd_file={pw}")
+    assert result.returncode == 5
+    assert "dead FUSE mount" in result.stderr and f"fusermount3 -u {m.path}" in result.stderr
