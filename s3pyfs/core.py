@@ -63,7 +63,7 @@ class CoreBase:
     def __init__(self, client: S3Client, config: Config):
         self.client = client
         self.cfg = config
-        self.cache = StatCache(config.negative_ttl, config.cache_entries)
+        self.cache = StatCache(config.stat_ttl, config.cache_entries, negative_ttl=config.negative_ttl)
         now = now_ns()
         d = config.defaults
         root = Attrs(stat.S_IFDIR | config.root_mode, d.uid, d.gid, 0, now, now, now)
@@ -75,6 +75,7 @@ class CoreBase:
         # set by mount.serve: start a background task (read-ahead); None runs work inline
         self.spawn: Callable[..., None] | None = None
         self._resolving: dict[tuple[int, str], trio.Event] = {}
+        self._tree_listings: dict[str, trio.Event] = {}   # recursive listings in flight
         # set by the FUSE adapter: drop a name from the kernel's dentry cache
         self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
 

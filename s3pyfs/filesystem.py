@@ -20,6 +20,8 @@ import logging
 import os
 import stat
 
+import trio
+
 from . import namespace
 from .attributes import AttributeOps
 from .concurrency import run_all
@@ -29,6 +31,7 @@ from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
 from .s3client import ObjectInfo
+from .stat_cache import ListedEntry
 from .writeback import Staging
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 LISTING_HEADS = 32          # parallel HEADs while listing a directory
 MAX_SPECIAL_FILE_SIZE = 4096  # larger objects cannot be symlinks (PATH_MAX) or FIFOs
+TREE_LISTING_LIMIT = 20_000   # keys of one recursive listing that primes subdirectory listings
 
 
 class Filesystem(AttributeOps):
@@ -81,8 +85,7 @@ class Filesystem(AttributeOps):
 
     async def _list(self, directory: Node) -> list[tuple[str, Node]]:
         dir_prefix = self.inodes.dir_prefix(directory)
-        listing = await namespace.list_directory(self.client, dir_prefix)
-        self.cache.remember_listing(dir_prefix, listing)
+        listing = await self._listing_for_readdir(dir_prefix)
         names = set(listing)
         for child in self.inodes.children_of(directory.ino):
             if not child.in_s3 or child.staging is not None:
@@ -111,6 +114,36 @@ class Filesystem(AttributeOps):
         if to_verify:
             self.spawn(self._verify, directory, to_verify)
         return sorted(resolved.items())
+
+    async def _listing_for_readdir(self, dir_prefix: str) -> dict[str, ListedEntry]:
+        for prefix, running in list(self._tree_listings.items()):
+            if dir_prefix != prefix and dir_prefix.startswith(prefix):
+                await running.wait()              # an ancestor's recursive listing covers this one
+        listing = self.cache.listing(dir_prefix, max_age=self.cfg.stat_ttl)
+        if listing is None:
+            listing = await namespace.list_directory(self.client, dir_prefix)
+            self.cache.remember_listing(dir_prefix, listing)
+            subdirs = [dir_prefix + name + "/" for name, entry in listing.items() if entry.is_dir]
+            if self.spawn is not None and self.cache.enabled and any(self.cache.listing(p, max_age=self.cfg.stat_ttl) is None for p in subdirs):
+                self._tree_listings[dir_prefix] = trio.Event()
+                self.spawn(self._list_tree, dir_prefix)
+        return dict(listing)
+
+    async def _list_tree(self, dir_prefix: str) -> None:
+        """One recursive listing instead of one per directory, for find/du/ls -R (background)."""
+        changes = self.cache.changes
+        try:
+            tree = await namespace.list_tree(self.client, dir_prefix, TREE_LISTING_LIMIT)
+        except FSError as exc:
+            log.debug("recursive listing of %s failed: %s", dir_prefix, exc)
+            tree = None
+        finally:
+            self._tree_listings.pop(dir_prefix).set()
+        if tree is None or changes != self.cache.changes:
+            return                                # too large, failed, or raced a local change
+        for prefix, entries in tree.items():
+            if prefix != dir_prefix and self.cache.listing(prefix, max_age=self.cfg.stat_ttl) is None:
+                self.cache.remember_listing(prefix, entries)
 
     async def _verify(self, directory: Node, names: list[str]) -> None:
         """Fetch the headers of names a listing returned (background, bounded)."""

@@ -165,3 +165,36 @@ def directory_keys_deepest_first(root_prefix: str, keys: list[str]) -> list[str]
         for depth in range(1, len(parts) + 1):
             levels.add(root_prefix + "/".join(parts[:depth]) + "/")
     return sorted(levels, key=lambda k: (-k.count("/"), k))
+
+
+async def list_tree(client: S3Client, dir_prefix: str, limit: int) -> dict[str, dict[str, ListedEntry]] | None:
+    """Listings of every directory below `dir_prefix` from one recursive listing,
+    or None if the subtree holds more than `limit` keys."""
+    tree: dict[str, dict[str, ListedEntry]] = {}
+    count = 0
+    async for page in client.list(dir_prefix, delimiter=None):
+        count += len(page.objects)
+        if count > limit:
+            return None
+        for obj in page.objects:
+            _add_to_tree(tree, dir_prefix, obj)
+    return tree
+
+
+def _add_to_tree(tree: dict[str, dict[str, ListedEntry]], root: str, obj: ObjectInfo) -> None:
+    parts = obj.key[len(root):].split("/")
+    directory = root
+    for depth, name in enumerate(parts):
+        last = depth == len(parts) - 1
+        if last and name == "":
+            tree.setdefault(directory, {})          # a marker: the directory exists, maybe empty
+            return
+        if not valid_name(name):
+            return                                  # not a path: skipped, as in listings
+        entries = tree.setdefault(directory, {})
+        if last:
+            if not (name in entries and entries[name].is_dir):
+                entries[name] = ListedEntry(False, obj.size, obj.etag, obj.last_modified_ns)
+            return
+        entries[name] = ListedEntry(True)
+        directory = directory + name + "/"

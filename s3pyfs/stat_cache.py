@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from cachetools import TTLCache
 
@@ -30,12 +31,18 @@ class ListedEntry:
 
 
 class StatCache:
-    def __init__(self, ttl: float, maxsize: int):
-        self.enabled = ttl > 0 and maxsize > 0
+    """`ttl`: how long a listing may serve readdir; `negative_ttl`: how long an
+    absent name (or a listing used to answer "absent") is believed."""
+
+    def __init__(self, ttl: float, maxsize: int, negative_ttl: float | None = None):
+        self.ttl = ttl
+        self.negative_ttl = ttl if negative_ttl is None else min(negative_ttl, ttl)
+        self.enabled = self.negative_ttl > 0 and maxsize > 0
         size = max(1, maxsize)
-        self._missing: TTLCache = TTLCache(size, max(ttl, 1e-9))
+        self._missing: TTLCache = TTLCache(size, max(self.negative_ttl, 1e-9))
         self._listed: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
-        self._large: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
+        self._large: TTLCache = TTLCache(max(1, size // 100), max(self.negative_ttl, 1e-9))
+        self.changes = 0          # local namespace changes, to spot a listing that raced one
         self.hits = 0
         self.misses = 0
 
@@ -51,29 +58,33 @@ class StatCache:
 
     def remember_listing(self, dir_prefix: str, entries: dict[str, ListedEntry]) -> None:
         if self.enabled:
-            self._listed[dir_prefix] = entries
+            self._listed[dir_prefix] = (time.monotonic(), entries)
 
-    def listing(self, dir_prefix: str) -> dict[str, ListedEntry] | None:
-        """The cached listing of a directory (name -> entry), or None."""
-        entries = self._listed.get(dir_prefix) if self.enabled else None
-        if entries is None:
+    def listing(self, dir_prefix: str, max_age: float | None = None) -> dict[str, ListedEntry] | None:
+        """The cached listing of a directory (name -> entry) not older than `max_age`
+        (default: the negative TTL, since it may answer "absent"), or None."""
+        found = self._listed.get(dir_prefix) if self.enabled else None
+        limit = self.negative_ttl if max_age is None else max_age
+        if found is None or time.monotonic() - found[0] > limit:
             self.misses += 1
-        else:
-            self.hits += 1
-        return entries
+            return None
+        self.hits += 1
+        return found[1]
 
     def note_added(self, dir_prefix: str, name: str, entry: ListedEntry) -> None:
         """A name was created here: keep a cached listing of its directory complete."""
+        self.changes += 1
         self._missing.pop(dir_prefix + name, None)
-        listing = self._listed.get(dir_prefix)
-        if listing is not None:
-            listing[name] = entry
+        found = self._listed.get(dir_prefix)
+        if found is not None:
+            found[1][name] = entry
 
     def note_removed(self, dir_prefix: str, name: str) -> None:
         """A name was removed here: drop it from the cached listing, remember it is gone."""
-        listing = self._listed.get(dir_prefix)
-        if listing is not None:
-            listing.pop(name, None)
+        self.changes += 1
+        found = self._listed.get(dir_prefix)
+        if found is not None:
+            found[1].pop(name, None)
         self.add_missing(dir_prefix + name)
 
     def note_large(self, dir_prefix: str) -> None:
@@ -86,6 +97,7 @@ class StatCache:
 
     def invalidate_tree(self, prefix: str) -> None:
         """Forget everything below the directory `prefix` (ends with '/')."""
+        self.changes += 1
         self._missing.pop(prefix.rstrip("/"), None)
         for cache in (self._missing, self._listed, self._large):
             for key in [k for k in list(cache.keys()) if k.startswith(prefix)]:

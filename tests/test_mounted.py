@@ -427,3 +427,19 @@ def test_listing_shows_real_headers_of_large_and_small_objects(s3, bucket, mount
     found = run("find", str(m.path / "d"), "-type", "l").stdout.split()
     assert found == [str(m.path / "d" / "link")]
     assert len(run("find", str(m.path / "d"), "-type", "f").stdout.split()) == 40
+
+
+def test_find_and_du_over_a_tree_written_elsewhere(s3, bucket, mount):
+    expected = set()
+    for d in range(6):
+        for f in range(15):
+            key = f"tree/d{d}/sub{f % 3}/f{f}.txt"
+            s3.put_object(Bucket=bucket, Key=key, Body=b"z" * (f * 700))
+            expected.add(key)
+    m = mount(bucket)
+    found = run("find", str(m.path / "tree"), "-type", "f").stdout.split()
+    assert {os.path.relpath(p, m.path) for p in found} == expected
+    dirs = run("find", str(m.path / "tree"), "-type", "d").stdout.split()
+    assert len(dirs) == 1 + 6 + 18
+    total = int(run("du", "-s", "-B1", "--apparent-size", str(m.path / "tree")).stdout.split()[0])
+    assert total == sum(f * 700 for f in range(15)) * 6
