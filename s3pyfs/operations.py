@@ -22,7 +22,7 @@ import pyfuse3
 
 from .errors import FSError
 from .filesystem import Filesystem
-from .inodes import Node
+from .inodes import ROOT_INODE, Node
 from .metadata import reported_mode, reported_owner
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,8 @@ class Operations(pyfuse3.Operations):
         entry.entry_timeout = self.timeout
         # attributes typed from a listing but not yet read from the object: do not cache
         entry.attr_timeout = self.timeout if self.fs._fresh(node) else 0
-        entry.st_mode = reported_mode(a, defaults)
+        # the root's mode already comes from mp_umask (or umask) in mount.make_config
+        entry.st_mode = a.mode if node.ino == ROOT_INODE else reported_mode(a, defaults)
         entry.st_nlink = 2 if node.is_dir else 1
         entry.st_uid, entry.st_gid = reported_owner(a, defaults)
         entry.st_rdev = a.rdev

@@ -149,9 +149,7 @@ def test_who_may_enter_the_mount(seaweed, s3, bucket, open_point, tmp_path, opti
 
 @pytest.mark.parametrize("options, mode", [
     ((), 0o755), (("umask=077",), 0o700), (("mp_umask=027",), 0o750),
-    pytest.param(("umask=077", "mp_umask=002"), 0o775, marks=pytest.mark.xfail(
-        strict=True, reason="known: umask= also masks the mount point (operations.py applies force_umask to "
-                            "the root too); in s3fs only mp_umask applies there")),
+    (("umask=077", "mp_umask=002"), 0o775),      # s3fs: only mp_umask applies to the mount point
 ])
 def test_mp_umask_sets_the_mount_point_mode(bucket, mount, options, mode):
     m = mount(bucket, *options)
