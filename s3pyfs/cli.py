@@ -20,7 +20,8 @@ from .errors import EXIT_FAILURE, EXIT_USAGE, StartupError, UsageError
 from .options import MountOptions, apply_option_string, help_text
 
 USAGE = ("usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
-         "       s3pyfs MOUNTPOINT -o bucket=BUCKET[:/PREFIX][,OPTION...]")
+         "       s3pyfs MOUNTPOINT -o bucket=BUCKET[:/PREFIX][,OPTION...]\n"
+         "       s3pyfs status MOUNTPOINT [--json]")
 
 # Lenient on purpose: S3-compatible stores and old us-east-1 buckets allow
 # upper case and underscores; what is refused can never be a bucket.
@@ -97,8 +98,24 @@ def parse_args(argv: list[str]) -> MountOptions | None:
     return opts
 
 
+def is_status_command(args: list[str]) -> bool:
+    """`s3pyfs status MOUNTPOINT [--json ...]`; a mount has -o/-f/-d/-s or a second path
+    (a bucket named `status` is mounted as `status:/`)."""
+    if not args or args[0] != "status":
+        return False
+    rest = args[1:]
+    if any(a in ("-f", "-d", "-s", "-o") or a.startswith("-o") for a in rest):
+        return False
+    values = {"--window", "--max-dirty-age"}
+    positional = [a for i, a in enumerate(rest) if not a.startswith("-") and (i == 0 or rest[i - 1] not in values)]
+    return len(positional) <= 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if is_status_command(args):
+        from .status import main as status_main
+        return status_main(args[1:])
     try:
         opts = parse_args(args)
         if opts is None:

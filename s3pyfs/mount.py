@@ -33,6 +33,7 @@ import tempfile
 import pyfuse3
 import trio
 
+from . import __version__, metrics
 from .concurrency import background_spawner
 from .credentials import resolve_static_keys
 from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NoSuchBucket,
@@ -246,11 +247,20 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
         fs = Filesystem(client, make_config(opts, staging_dir))
         ops = Operations(fs)
+        monitor = metrics.Monitor(fs, stats_info(opts, settings))
+        if opts.metrics:
+            try:
+                monitor.start_endpoint(*opts.metrics)
+            except OSError as exc:
+                raise UsageError(f"metrics={opts.metrics[0]}:{opts.metrics[1]}: cannot listen there "
+                                 f"({exc.strerror})") from None
         try:
             pyfuse3.init(ops, opts.mountpoint, fuse_options(opts))
         except RuntimeError as exc:
+            monitor.close()
             raise MountError(f"mounting on {opts.mountpoint} failed ({exc}); libfuse printed the reason above") from None
         log.info("mounted %s on %s", opts.source, opts.mountpoint)
+        monitor.write_stats()
         readiness.ready()
         if not opts.foreground:
             detach_stdio()
@@ -259,17 +269,28 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             async with trio.open_nursery() as nursery:
                 fs.spawn = background_spawner(nursery)
                 nursery.start_soon(_watch_signals, fs, stopping)
+                nursery.start_soon(monitor.publish)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 failed = await fs.drain()
             pyfuse3.close(unmount=True)
+            monitor.close()
         if failed:
             log.error("unmounted with %d file(s) not uploaded: %s", len(failed), ", ".join(failed[:20]))
             return EXIT_DIRTY
         log.info("unmounted %s cleanly", opts.mountpoint)
         return EXIT_OK
+
+
+def stats_info(opts: MountOptions, settings: ClientSettings) -> dict:
+    """What the statistics file and the metrics say about this mount (no secrets)."""
+    host = opts.metrics and (f"[{opts.metrics[0]}]" if ":" in opts.metrics[0] else opts.metrics[0])
+    return {"version": __version__, "mountpoint": opts.mountpoint, "bucket": opts.bucket, "prefix": opts.prefix,
+            "endpoint": metrics.public_url(settings.endpoint_url), "region": settings.region or "us-east-1",
+            "read_only": opts.read_only, "pid": os.getpid(),
+            "metrics_url": f"http://{host}:{opts.metrics[1]}/metrics" if opts.metrics else None}
 
 
 def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness) -> int:

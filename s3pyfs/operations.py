@@ -17,9 +17,11 @@ import errno
 import functools
 import logging
 import os
+import time
 
 import pyfuse3
 
+from . import metrics
 from .errors import FSError
 from .filesystem import Filesystem
 from .inodes import ROOT_INODE, Node
@@ -29,23 +31,42 @@ log = logging.getLogger(__name__)
 
 
 def _guard(handler):
-    """Turn every failure of `handler` into a FUSEError (see module invariants)."""
+    """Turn every failure of `handler` into a FUSEError (see module invariants);
+    count every request and its errno (metrics.py), log one line per failure."""
+    op = handler.__name__
+    counters = metrics.counters
+
     @functools.wraps(handler)
     async def wrapper(self, *args, **kwargs):
+        started = time.perf_counter()
         try:
-            return await handler(self, *args, **kwargs)
-        except pyfuse3.FUSEError:
+            result = await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            counters.fuse_done(op, started, exc.errno)
             raise
         except FSError as exc:
+            counters.fuse_done(op, started, exc.errno)
             level = logging.DEBUG if exc.errno in _QUIET else logging.WARNING
-            log.log(level, "%s failed: %s (%s)", handler.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
+            if log.isEnabledFor(level):
+                log.log(level, "%s failed: errno=%s key=%s request_id=%s error=%s", op,
+                        errno.errorcode.get(exc.errno, exc.errno), self._subject(op, args) or "-",
+                        getattr(exc, "request_id", "") or "-", exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except Exception:
-            log.exception("unexpected error in %s; answering EIO", handler.__name__)
+            counters.fuse_done(op, started, errno.EIO)
+            log.exception("unexpected error in %s (key=%s); answering EIO", op, self._subject(op, args) or "-")
             if self.reraise_unexpected:
                 raise
             raise pyfuse3.FUSEError(errno.EIO) from None
+        counters.fuse_done(op, started)
+        return result
     return wrapper
+
+
+# handlers whose first argument is a file or directory handle, not an inode
+_BY_HANDLE = {"read", "write", "flush", "fsync", "release", "readdir", "releasedir", "fsyncdir"}
+# handlers whose second argument is a name in the directory given first
+_WITH_NAME = {"lookup", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "create"}
 
 
 _QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EROFS, errno.EPERM}
@@ -65,6 +86,27 @@ class Operations(pyfuse3.Operations):
         self.reraise_unexpected = False
         self.timeout = fs.cfg.stat_ttl
         fs.invalidate_entry = self._invalidate_entry
+
+    def _subject(self, op: str, args: tuple) -> str:
+        """The S3 key a failed request concerned ('' if unknown).  Called only on
+        failure: it walks the inode table."""
+        if not args or op == "statfs":
+            return ""
+        try:
+            if op in _BY_HANDLE:
+                try:
+                    node = self.fs.handles.file(args[0]).node
+                except FSError:
+                    node = self.fs.handles.dir(args[0]).node
+            else:
+                node = self.fs.inodes.get(args[0])
+            if node is None or not node.attached():
+                return ""
+            if op in _WITH_NAME and len(args) > 1 and isinstance(args[1], bytes):
+                return self.fs.inodes.key_for(node, _name(args[1]))
+            return self.fs.inodes.dir_prefix(node) if node.is_dir else self.fs.inodes.file_key(node)
+        except Exception:                       # unknown handle or inode: no key
+            return ""
 
     @staticmethod
     def _invalidate_entry(parent: int, name: str) -> None:
@@ -199,11 +241,15 @@ class Operations(pyfuse3.Operations):
 
     @_guard
     async def read(self, fh, off, size):
-        return await self.fs.read(fh, off, size)
+        data = await self.fs.read(fh, off, size)
+        metrics.counters.fuse_read_bytes += len(data)
+        return data
 
     @_guard
     async def write(self, fh, off, buf):
-        return await self.fs.write(fh, off, buf)
+        written = await self.fs.write(fh, off, buf)
+        metrics.counters.fuse_written_bytes += written
+        return written
 
     @_guard
     async def flush(self, fh):

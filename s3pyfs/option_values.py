@@ -54,6 +54,18 @@ def url(name: str, text: str) -> str:
     return text.rstrip("/")
 
 
+def host_port(name: str, value: str) -> tuple[str, int]:
+    """`PORT` (loopback), `HOST:PORT` or `[IPV6]:PORT` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 1 <= int(port) <= 65535 or not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise UsageError(f"option {name}= needs PORT or HOST:PORT (port 1 to 65535), got {value!r}")
+    return host, int(port)
+
+
 def text(name: str, value: str) -> str:
     if not value:
         raise UsageError(f"option {name}= needs a value")

@@ -117,6 +117,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance_name", "instance_name", v.text, "name put in every log line, to tell mounts apart in one log"),
     Option("no_time_stamp_msg", "no_time_stamp", None, "no time stamps in log lines (journald adds its own)"),
     Option("curldbg", None, v.ignored, _NO_EFFECT + "HTTP traffic is never logged (it carries signatures)", bare=""),
+    # --- monitoring
+    Option("metrics", "metrics", v.host_port, "serve Prometheus metrics on HTTP at [HOST:]PORT/metrics (HOST default 127.0.0.1)",
+           details="Without this option no port is opened. Use 0.0.0.0:PORT to let other machines scrape it "
+           "(the figures name the bucket, the endpoint and failed keys). See MONITORING for the metric names; "
+           "the same figures are always written to the statistics file that s3pyfs status reads."),
     # --- SELinux
     Option("context", None, v.selinux_context, "SELinux context of all files (passed to the kernel)", kernel=True,
            details='Quote a context that has commas: context="system_u:object_r:container_file_t:s0:c1,c2" '
@@ -222,6 +227,7 @@ class MountOptions:
     instance_name: str | None = None
     no_time_stamp: bool = False
     strict_selinux: bool = False
+    metrics: tuple[str, int] | None = None     # Prometheus endpoint (host, port)
     kernel_options: list[str] = dataclasses.field(default_factory=list)   # as the kernel must see them
 
 

@@ -20,6 +20,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
 
@@ -30,6 +31,7 @@ from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
+from . import metrics
 from .concurrency import run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
@@ -89,6 +91,17 @@ def _error_code(exc: ClientError) -> str:
     return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
 
 
+def _retries(result: Any) -> int:
+    """botocore's RetryAttempts of a response (or of a ClientError), 0 when unknown."""
+    if isinstance(result, tuple):
+        result = result[0]
+    elif isinstance(result, ClientError):
+        result = result.response
+    if isinstance(result, dict):
+        return int(result.get("ResponseMetadata", {}).get("RetryAttempts") or 0)
+    return 0
+
+
 def _translate(exc: BaseException, what: str) -> FSError:
     if isinstance(exc, ClientError):
         code = _error_code(exc)
@@ -103,7 +116,9 @@ def _translate(exc: BaseException, what: str) -> FSError:
         if code in _BAD_CREDS:
             return AccessDenied(f"{what}: credentials rejected ({code})")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-        return RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
+        error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
+        error.request_id = request_id
+        return error
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
@@ -168,17 +183,33 @@ class S3Client:
         self.settings = settings
         self.bucket = settings.bucket
 
-    async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        """Run `op()` on the asyncio thread within the deadline; errors become FSError."""
+    async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0) -> Any:
+        """Run `op()` on the asyncio thread within the deadline; errors become FSError.
+
+        Every request is counted here (metrics.py): operation (first word of
+        `what`), outcome, latency, `sent` body bytes, botocore's retries."""
+        started = time.perf_counter()
         try:
             with trio.fail_after(self.settings.request_timeout):
-                return await self._loop.run(op())
+                result = await self._loop.run(op())
         except trio.TooSlowError:
-            raise RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s") from None
+            error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
+            metrics.counters.s3_done(what, "timeout", started, message=str(error))
+            raise error from None
         except (ClientError, BotoCoreError) as exc:
-            raise _translate(exc, what) from None
+            error = _translate(exc, what)
+            outcome = _error_code(exc) if isinstance(exc, ClientError) else "connection"
+            metrics.counters.s3_done(what, outcome or "error", started, retries=_retries(exc), message=str(error))
+            raise error from None
         except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            raise RemoteIOError(f"{what}: {type(exc).__name__}: {exc}") from None
+            error = RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
+            metrics.counters.s3_done(what, "connection", started, message=str(error))
+            raise error from None
+        except trio.Cancelled:
+            metrics.counters.s3_done(what, "cancelled", started)
+            raise
+        metrics.counters.s3_done(what, "ok", started, sent, _retries(result))
+        return result
 
     async def head(self, key: str) -> ObjectInfo | None:
         """Object info with user metadata, or None when the key does not exist."""
@@ -194,7 +225,9 @@ class S3Client:
             r = await self._c.get_object(Bucket=self.bucket, Key=key, **kwargs)
             async with r["Body"] as body:
                 return r, await body.read()
-        return await self._do(f"GET {key} {kwargs.get('Range', '')}".rstrip(), op)
+        r, data = await self._do(f"GET {key} {kwargs.get('Range', '')}".rstrip(), op)
+        metrics.counters.s3_received(len(data))
+        return r, data
 
     async def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of `key`; fewer only at the end of the object."""
@@ -212,7 +245,7 @@ class S3Client:
     async def put(self, key: str, body: bytes, metadata: dict[str, str], content_type: str | None = None) -> str | None:
         kwargs = {"ContentType": content_type} if content_type else {}
         r = await self._do(f"PUT {key}", lambda: self._c.put_object(
-            Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **kwargs))
+            Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **kwargs), sent=len(body))
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
@@ -223,7 +256,7 @@ class S3Client:
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         r = await self._do(f"UploadPart {key} #{number}", lambda: self._c.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data))
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data), sent=len(data))
         return r["ETag"]
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
