@@ -20,3 +20,15 @@ demo-stop:
 
 test: bootstrap
 	.venv/bin/python -m pytest -q tests
+
+# Benchmarks (benchmarks/README.md): s3pyfs vs s3fs-fuse vs direct S3 on a
+# private SeaweedFS.  bench-quick takes a few minutes; bench takes about half
+# an hour and writes benchmarks/RESULTS.md.  Extra options: BENCH_ARGS="...".
+.PHONY: bench bench-quick
+BENCH_ARGS ?=
+
+bench: bootstrap
+	.venv/bin/python benchmarks/run.py --markdown benchmarks/RESULTS.md $(BENCH_ARGS)
+
+bench-quick: bootstrap
+	.venv/bin/python benchmarks/run.py --quick $(BENCH_ARGS)
