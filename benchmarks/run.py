@@ -189,7 +189,7 @@ class Bench:
         self.direct = bench_direct.Direct(client, BUCKET)
         self.metrics = Metrics(self.server.metrics_url, BUCKET)
         setup_client = bench_direct.make_client(self.server.endpoint, self.server.access_key,
-                                                self.server.secret_key, connections=16)
+                                                self.server.secret_key, connections=32)
         self.setup_direct = bench_direct.Direct(setup_client, BUCKET)
 
         self.passwd = tmp / "passwd"
@@ -205,7 +205,7 @@ class Bench:
             d.upload(f"data/reader-{i}.bin", self.p["reader"])
         meta = bench_direct.file_meta()
         d.put_parallel([(f"data/ls/e{i:05d}", b"x" * 64) for i in range(self.p["ls_entries"])],
-                       meta=meta)
+                       meta=meta, workers=32)
         log(f"test data in place ({time.perf_counter() - t0:.1f} s)")
 
         for kind in self.targets:
@@ -283,7 +283,7 @@ class Bench:
         d.upload(base + "mvsrc.bin", self.p["mv_file"])
         meta = bench_direct.file_meta()
         d.put_parallel([(f"{base}mvdir/c{i:05d}", b"y" * 4096)
-                        for i in range(self.p["mv_children"])], meta=meta)
+                        for i in range(self.p["mv_children"])], meta=meta, workers=32)
 
     def cleanup_scratch(self, target: str, rep: int) -> None:
         try:
@@ -318,7 +318,7 @@ class Bench:
     def metrics_after(self) -> dict:
         # The server counts a request when its handler returns, which can be
         # just after the client has the last byte.
-        time.sleep(0.3)
+        time.sleep(0.2)
         return self.metrics.snapshot()
 
     def fail_check(self, w: str, target: str, rep: int, problem: str) -> None:
@@ -565,7 +565,7 @@ class Bench:
             n = p["ls_entries"]
             argv = ["ls", "-l", str(mnt / "data/ls")]
             check = lambda out: _count_problem(len(out.splitlines()) - 1, n)  # noqa: E731
-            limit = self.timeout(items=n, per_item=0.02)
+            limit = self.timeout(items=n, per_item=0.01)
             self.fs_step(m, target, rep, "ls_cold", argv, limit, check=check)
             self.fs_step(m, target, rep, "ls_warm", argv, limit, check=check)
         self.session(m, target, rep, ["ls_cold", "ls_warm"], listing)
