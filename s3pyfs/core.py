@@ -23,6 +23,7 @@ import trio
 from cachetools import LRUCache
 
 from . import namespace
+from .disk_cache import DiskCache
 from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
@@ -60,9 +61,10 @@ class Config:
 class CoreBase:
     """State and helpers shared by every group of operations."""
 
-    def __init__(self, client: S3Client, config: Config):
+    def __init__(self, client: S3Client, config: Config, disk_cache: DiskCache | None = None):
         self.client = client
         self.cfg = config
+        self.disk_cache = disk_cache
         self.cache = StatCache(config.stat_ttl, config.cache_entries, negative_ttl=config.negative_ttl)
         now = now_ns()
         d = config.defaults

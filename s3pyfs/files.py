@@ -52,7 +52,8 @@ class FileOps(CoreBase):
         return handle
 
     def _new_reader(self, node: Node) -> ObjectReader:
-        return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn,
+        store = self.disk_cache.bind(self.inodes.file_key(node), node.attrs.etag) if self.disk_cache else None
+        return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn, store=store,
                             part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel))
 
     def _staging_for(self, node: Node) -> Staging:

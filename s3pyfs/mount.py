@@ -36,6 +36,7 @@ import trio
 from . import __version__, metrics
 from .concurrency import background_spawner
 from .credentials import resolve_static_keys
+from .disk_cache import DiskCache
 from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NoSuchBucket,
                      StartupError, UnreachableError, UsageError)
 from .core import Config
@@ -120,6 +121,19 @@ def fuse_options(opts: MountOptions) -> set[str]:
         chosen.add("auto_unmount")
     chosen.update(selinux.libfuse_form(item) for item in opts.kernel_options)
     return chosen
+
+
+def open_disk_cache(opts: MountOptions) -> DiskCache | None:
+    if not opts.use_cache:
+        return None
+    mib = 1024 * 1024
+    try:
+        return DiskCache(opts.use_cache, opts.bucket,
+                         max_bytes=opts.cache_size * mib if opts.cache_size else None,
+                         min_free=opts.ensure_diskfree * mib if opts.ensure_diskfree is not None else None,
+                         wipe=opts.del_cache)
+    except OSError as exc:
+        raise UsageError(f"use_cache directory {opts.use_cache}: {exc.strerror}") from None
 
 
 # ---------------------------------------------------------------------- logging
@@ -245,7 +259,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             raise
         except FSError as exc:
             raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
-        fs = Filesystem(client, make_config(opts, staging_dir))
+        fs = Filesystem(client, make_config(opts, staging_dir), disk_cache=open_disk_cache(opts))
         ops = Operations(fs)
         monitor = metrics.Monitor(fs, stats_info(opts, settings))
         if opts.metrics:
@@ -276,6 +290,8 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             with trio.CancelScope(shield=True):
                 failed = await fs.drain()
             pyfuse3.close(unmount=True)
+            if opts.del_cache and fs.disk_cache is not None:
+                fs.disk_cache.clear()
             monitor.close()
         if failed:
             log.error("unmounted with %d file(s) not uploaded: %s", len(failed), ", ".join(failed[:20]))

@@ -2,9 +2,11 @@
 
 Responsibility: answer `read(offset, size)` of one open handle from S3 with
 few, large, overlapping requests.
-  * Small objects (<= 1 MiB) are read whole on first access.
-  * A new or random reader gets what it asks for, rounded up to a 1 MiB
-    window kept as a buffer (random 4 KiB reads fetch 1 MiB at most once).
+  * A new or random reader gets the 1 MiB-aligned block(s) holding what it
+    asks for, kept as a buffer: small objects are read whole on first access,
+    random 4 KiB reads fetch each 1 MiB block at most once per buffer.
+  * With a disk cache (`use_cache=`), blocks (1 MiB and 8 MiB) are looked up
+    there first and stored after a fetch, keyed by key and ETag.
   * Once a reader has gone sequentially through `SEQUENTIAL_AFTER` bytes, the
     object is read in aligned parts of `part` bytes (8 MiB) fetched in the
     background ahead of the reader: the number of parts ahead doubles per part
@@ -35,7 +37,6 @@ Fetch = Callable[[int, int], Awaitable[bytes]]
 Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
-SMALL_OBJECT = 1024 * 1024
 SEQUENTIAL_AFTER = 2 * 1024 * 1024
 
 
@@ -65,8 +66,9 @@ class _Part:
 
 class ObjectReader:
     def __init__(self, fetch: Fetch, size: int, *, spawn: Spawn | None = None,
-                 part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4):
+                 part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4, store=None):
         self._fetch = fetch
+        self._store = store            # disk_cache.ObjectBlocks or None
         self.size = size
         self.part = part
         self.max_ahead = max(1, max_ahead)
@@ -90,29 +92,40 @@ class ObjectReader:
         self._next = end
         if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
             return self._buf[offset - self._buf_start:end - self._buf_start]
-        if self.size <= SMALL_OBJECT:
-            return await self._buffered(0, self.size, offset, end)
         first = offset // self.part
         if self._parts and first not in self._parts and first - 1 not in self._parts:
             self._drop_parts()         # a seek away from the streamed region
         if self._parts or self._run >= SEQUENTIAL_AFTER:
             return await self._from_parts(offset, end)
-        return await self._buffered(offset, min(self.size, offset + max(end - offset, MIN_WINDOW)), offset, end)
+        return await self._buffered(offset, end)
 
     def close(self) -> None:
         self._drop_parts()
         self._buf = b""
 
     # ---------------------------------------------------------------- buffered (random/small)
-    async def _buffered(self, start: int, stop: int, offset: int, end: int) -> bytes:
-        data = await self._get(start, stop)
-        self._buf_start, self._buf = start, data
-        return data[offset - start:end - start]
+    async def _buffered(self, offset: int, end: int) -> bytes:
+        """The 1 MiB-aligned block(s) around [offset, end), kept as this handle's buffer."""
+        first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
+        data = b"".join([await self._block(MIN_WINDOW, index) for index in range(first, last + 1)])
+        self._buf_start, self._buf = first * MIN_WINDOW, data
+        return data[offset - self._buf_start:end - self._buf_start]
 
-    async def _get(self, start: int, stop: int) -> bytes:
+    async def _block(self, block: int, index: int) -> bytes:
+        """Block `index` of size `block` (shorter at the end): disk cache, else S3."""
+        lo = index * block
+        hi = min(lo + block, self.size)
+        if self._store is not None:
+            data = self._store.get(block, index, hi - lo)
+            if data is not None:
+                return data
         async with self._slots:
-            data = await self._fetch(start, stop)
+            data = await self._fetch(lo, hi)
         self.bytes_fetched += len(data)
+        if len(data) != hi - lo:
+            raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
+        if self._store is not None:
+            self._store.put(block, index, data)
         return data
 
     # ---------------------------------------------------------------- streamed parts
@@ -157,13 +170,9 @@ class ObjectReader:
             await slot.done.wait()
 
     async def _fill(self, index: int, slot: _Part) -> None:
-        lo = index * self.part
-        hi = min(lo + self.part, self.size)
         with slot.scope:
             try:
-                slot.data = await self._get(lo, hi)
-                if len(slot.data) != hi - lo:
-                    raise RemoteIOError(f"short read of part {index}: {len(slot.data)} of {hi - lo} bytes")
+                slot.data = await self._block(self.part, index)
             except FSError as exc:
                 slot.data, slot.error = None, exc
         if slot.scope.cancelled_caught and slot.data is None and slot.error is None:

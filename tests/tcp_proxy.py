@@ -23,6 +23,7 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.bytes_down = 0          # bytes sent from the server to the client, all connections
 
     @property
     def url(self) -> str:
@@ -66,16 +67,18 @@ class TcpProxy:
                 with self._lock:
                     self._conns.append(upstream)
                 for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                    threading.Thread(target=self._pump, args=(a, b, b is client), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 dst.sendall(data)
+                if downstream:
+                    with self._lock:
+                        self.bytes_down += len(data)
         except OSError:
             pass
         finally:
