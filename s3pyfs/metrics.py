@@ -154,6 +154,13 @@ def _count_by(pairs: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
     return nested
 
 
+def _disk_cache(cache) -> dict | None:
+    if cache is None:
+        return None
+    return {"bytes": cache.bytes, "limit_bytes": cache.max_bytes, "blocks": len(cache._lru), "hits": cache.hits,
+            "misses": cache.misses, "evictions": cache.evictions}
+
+
 class Monitor:
     """The view of one mount: `snapshot()` (trio thread) and the ways it is published."""
 
@@ -210,6 +217,7 @@ class Monitor:
             "open_handles": len(fs.handles),
             "inodes": len(fs.inodes.nodes),
             "stat_cache": {"hits": fs.cache.hits, "misses": fs.cache.misses},
+            "disk_cache": _disk_cache(getattr(fs, "disk_cache", None)),
             "fuse": {
                 "operations": dict(sorted(c.fuse_ops.items())),
                 "errors": _count_by(c.fuse_errors),
@@ -364,6 +372,13 @@ def families(snap: dict) -> Iterable:
     yield gauge("inodes", "Inodes the kernel or an open handle holds", snap["inodes"])
     yield counter("stat_cache_hits", "Lookups answered by the negative or listing cache", snap["stat_cache"]["hits"])
     yield counter("stat_cache_misses", "Listing cache misses", snap["stat_cache"]["misses"])
+    disk = snap.get("disk_cache")
+    if disk:
+        yield gauge("disk_cache_bytes", "Bytes of object data in the use_cache= directory", disk["bytes"])
+        yield counter("disk_cache_hits", "Blocks read from the disk cache", disk["hits"])
+        yield counter("disk_cache_misses", "Blocks the disk cache did not have", disk["misses"])
+        yield counter("disk_cache_evictions", "Blocks removed to respect cache_size= or ensure_diskfree=",
+                      disk["evictions"])
 
 
 def exposition(snap: dict) -> str:

@@ -170,6 +170,11 @@ def render(stats: dict | None, code: int, reasons: list[str], mountpoint: str, n
     ratio = f", {100 * cache.get('hits', 0) / lookups:.0f}% hits" if lookups else ""
     lines.append(f"  cache       {stats.get('inodes', 0):,} inodes, {stats.get('open_handles', 0):,} open handles, "
                  f"stat cache {cache.get('hits', 0):,} hits / {cache.get('misses', 0):,} misses{ratio}")
+    disk = stats.get("disk_cache")
+    if disk:
+        limit = f" of {size(disk['limit_bytes'])}" if disk.get("limit_bytes") else ""
+        lines.append(f"  disk cache  {size(disk['bytes'])}{limit} in {disk['blocks']:,} blocks, {disk['hits']:,} hits / "
+                     f"{disk['misses']:,} misses, {disk['evictions']:,} evictions")
     fuse = stats.get("fuse") or {}
     fuse_ops = sum((fuse.get("operations") or {}).values())
     by_errno: dict[str, int] = {}

@@ -26,7 +26,9 @@ def fake_fs(dirty=()):
     dirty_nodes = [types.SimpleNamespace(staging=s) for s in dirty]
     return types.SimpleNamespace(
         dirty_nodes=lambda: list(dirty_nodes), handles=[1, 2], inodes=types.SimpleNamespace(nodes=nodes),
-        cache=types.SimpleNamespace(hits=7, misses=3))
+        cache=types.SimpleNamespace(hits=7, misses=3),
+        disk_cache=types.SimpleNamespace(bytes=2 * 1024**2, max_bytes=None, _lru={"a": 1, "b": 1}, hits=5, misses=2,
+                                         evictions=1))
 
 
 def staging(size, clean_generation=0, uploading=False):
@@ -119,6 +121,8 @@ def test_exposition_is_standard_text_format_with_expected_names():
     assert samples[("s3pyfs_fuse_read_bytes_total", ())] == 4096
     assert samples[("s3pyfs_dirty_bytes", ())] == 9 and samples[("s3pyfs_dirty_files", ())] == 1
     assert samples[("s3pyfs_stat_cache_hits_total", ())] == 7
+    assert samples[("s3pyfs_disk_cache_bytes", ())] == 2 * 1024**2
+    assert samples[("s3pyfs_disk_cache_evictions_total", ())] == 1
     assert samples[("s3pyfs_s3_last_error_time_seconds", ())] > 0
     assert samples[("s3pyfs_s3_request_seconds_bucket", (("le", "+Inf"), ("operation", "GET")))] == 1
     assert samples[("s3pyfs_s3_request_seconds_count", (("operation", "GET"),))] == 1
@@ -227,6 +231,7 @@ def test_human_summary(monkeypatch):
     assert "1,204 requests (GET 1,200, PUT 4)" in text
     assert "5 errors (ENOENT 4, EIO 1)" in text
     assert "stat cache 7 hits / 3 misses, 70% hits" in text
+    assert "disk cache  2.0 MiB in 2 blocks, 5 hits / 2 misses, 1 evictions" in text
 
 
 def test_mountinfo_lookup(tmp_path):
