@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import trio
+
 from .concurrency import run_all
 from .s3client import ListPage, ObjectInfo, S3Client
 from .stat_cache import ListedEntry, StatCache
@@ -46,14 +48,17 @@ async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str) 
     key = dir_prefix + name
     if cache.is_missing(key):
         return None
-    listing = cache.listing(dir_prefix)
+    trusted = cache.listing(dir_prefix)                    # young enough to say "absent"
+    listing = trusted if trusted is not None else cache.listing(dir_prefix, max_age=cache.ttl)
     if listing is None and cache.enabled and not cache.is_large(dir_prefix):
-        listing = await list_small_directory(client, cache, dir_prefix)
+        listing = trusted = await list_small_directory(client, cache, dir_prefix)
     if listing is not None:
         entry = listing.get(name)
-        if entry is None:
+        if entry is None and trusted is not None:
             return None
-        if entry.is_dir:
+        if entry is None:
+            pass                                           # old listing: probe the name itself
+        elif entry.is_dir:
             return Found(True, await client.head(key + "/"))
         info = await client.head(key)
         if info is not None:
@@ -65,14 +70,24 @@ async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str) 
 
 
 async def list_small_directory(client: S3Client, cache: StatCache, dir_prefix: str) -> dict[str, ListedEntry] | None:
-    """The whole listing of a directory if it fits one page (cached), else None."""
-    page, token = await client.list_page(dir_prefix, delimiter="/")
-    if token:
-        cache.note_large(dir_prefix)
-        return None
-    entries = _merge_page({}, dir_prefix, page)
-    cache.remember_listing(dir_prefix, entries)
-    return entries
+    """The whole listing of a directory if it fits one page (cached), else None.
+    Concurrent lookups in one directory share a single LIST."""
+    running = cache.listing_in_flight.get(dir_prefix)
+    if running is not None:
+        await running.wait()
+        return cache.listing(dir_prefix)
+    done = cache.listing_in_flight[dir_prefix] = trio.Event()
+    try:
+        page, token = await client.list_page(dir_prefix, delimiter="/")
+        if token:
+            cache.note_large(dir_prefix)
+            return None
+        entries = _merge_page({}, dir_prefix, page)
+        cache.remember_listing(dir_prefix, entries)
+        return entries
+    finally:
+        del cache.listing_in_flight[dir_prefix]
+        done.set()
 
 
 def _classify_file(info: ObjectInfo) -> Found:

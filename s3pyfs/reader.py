@@ -2,14 +2,15 @@
 
 Responsibility: answer `read(offset, size)` of one open handle from S3 with
 few, large, overlapping requests.
-  * A new or random reader gets the 1 MiB-aligned block(s) holding what it
-    asks for, kept as a buffer: small objects are read whole on first access,
-    random 4 KiB reads fetch each 1 MiB block at most once per buffer.
+  * A first or random read fetches exactly what it asks for (random 4 KiB
+    reads cost 4 KiB, not a block); small objects (<= 1 MiB) are read whole.
+  * A read continuing the previous one gets the 1 MiB-aligned block(s) holding
+    it, kept as a buffer.
   * With a disk cache (`use_cache=`), blocks (1 MiB and 8 MiB) are looked up
     there first and stored after a fetch, keyed by key and ETag.
   * Once a reader has gone sequentially through `SEQUENTIAL_AFTER` bytes, the
     object is read in aligned parts of `part` bytes (8 MiB) fetched in the
-    background ahead of the reader: the number of parts ahead doubles per part
+    background ahead of the reader: two parts ahead at first, doubling per part
     consumed, up to `max_ahead` (the read-ahead window), with at most
     `parallel` GETs in flight.  One part behind the reader is kept.
   * A read away from the parts (a seek) drops them and starts over.
@@ -37,7 +38,7 @@ Fetch = Callable[[int, int], Awaitable[bytes]]
 Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
-SEQUENTIAL_AFTER = 2 * 1024 * 1024
+SEQUENTIAL_AFTER = 1024 * 1024
 
 
 async def fetch_parallel(fetch: Fetch, start: int, end: int, part: int, parallel: int) -> bytes:
@@ -78,7 +79,7 @@ class ObjectReader:
         self._buf = b""
         self._next = 0
         self._run = 0                  # bytes read sequentially so far
-        self._ahead = 1
+        self._ahead = 2
         self._parts: dict[int, _Part] = {}
         self.bytes_fetched = 0
 
@@ -88,6 +89,7 @@ class ObjectReader:
         if end <= offset:
             return b""
         sequential = offset == self._next
+        continuing = sequential and self._run > 0
         self._run = self._run + (end - offset) if sequential else 0
         self._next = end
         if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
@@ -97,7 +99,17 @@ class ObjectReader:
             self._drop_parts()         # a seek away from the streamed region
         if self._parts or self._run >= SEQUENTIAL_AFTER:
             return await self._from_parts(offset, end)
-        return await self._buffered(offset, end)
+        if continuing or self.size <= MIN_WINDOW:
+            return await self._buffered(offset, end)
+        return await self._exact(offset, end)   # a first or random read: no read-ahead
+
+    async def _exact(self, offset: int, end: int) -> bytes:
+        async with self._slots:
+            data = await self._fetch(offset, end)
+        self.bytes_fetched += len(data)
+        if len(data) != end - offset:
+            raise RemoteIOError(f"short read at {offset}: {len(data)} of {end - offset} bytes")
+        return data
 
     def close(self) -> None:
         self._drop_parts()
@@ -187,4 +199,4 @@ class ObjectReader:
     def _drop_parts(self) -> None:
         for index in list(self._parts):
             self._discard(index)
-        self._ahead = 1
+        self._ahead = 2

@@ -370,7 +370,9 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
     config = AioConfig(
         signature_version=signature,
         region_name=settings.region or "us-east-1",
-        s3={"addressing_style": "path" if settings.path_style else "auto"},
+        # no SHA-256 of every body over plain http (botocore signs payloads there by default);
+        # https requests are unsigned-payload anyway and TLS protects them
+        s3={"addressing_style": "path" if settings.path_style else "auto", "payload_signing_enabled": False},
         retries={"mode": "standard", "total_max_attempts": settings.retries},
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,

@@ -43,6 +43,7 @@ class StatCache:
         self._listed: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
         self._large: TTLCache = TTLCache(max(1, size // 100), max(self.negative_ttl, 1e-9))
         self.changes = 0          # local namespace changes, to spot a listing that raced one
+        self.listing_in_flight: dict = {}   # dir prefix -> trio.Event of a LIST under way
         self.hits = 0
         self.misses = 0
 

@@ -117,7 +117,8 @@ class Stream:
         etags = [""] * count
 
         async def one(index: int) -> None:
-            if index < count - 1 and self._current(index):
+            full = (index + 1) * self.part <= size          # streamed parts are always full ones
+            if full and self._current(index):
                 etags[index] = self.done[index][1]
                 return
             upload_id = await self._ensure_upload()

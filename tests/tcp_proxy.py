@@ -24,6 +24,7 @@ class TcpProxy:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.bytes_down = 0          # bytes sent from the server to the client, all connections
+        self.bytes_up = 0            # bytes sent from the client to the server
 
     @property
     def url(self) -> str:
@@ -76,9 +77,11 @@ class TcpProxy:
                 if not data:
                     break
                 dst.sendall(data)
-                if downstream:
-                    with self._lock:
+                with self._lock:
+                    if downstream:
                         self.bytes_down += len(data)
+                    else:
+                        self.bytes_up += len(data)
         except OSError:
             pass
         finally:
