@@ -150,6 +150,20 @@ def make_bucket(seaweed, request):
 
 
 @pytest.fixture
+def proxy(seaweed):
+    """tcp_proxy.TcpProxy in front of seaweed, forwarding; tests switch it to
+    refuse()/stall()/forward() and read its byte counters."""
+    import urllib.parse
+
+    from tcp_proxy import TcpProxy
+    target = urllib.parse.urlsplit(seaweed.endpoint)
+    p = TcpProxy(target.hostname, target.port)
+    p.forward()
+    yield p
+    p.close()
+
+
+@pytest.fixture
 def bucket(make_bucket):
     """Name of a new, empty bucket on seaweed."""
     return make_bucket()

@@ -40,18 +40,6 @@ def test_free_space_floor_is_kept(tmp_path):
     assert cache.get("k", "e", MiB, 0, MiB) is None and cache.bytes == 0
 
 
-@pytest.fixture
-def proxy(seaweed):
-    import urllib.parse
-
-    from tcp_proxy import TcpProxy
-    target = urllib.parse.urlsplit(seaweed.endpoint)
-    p = TcpProxy(target.hostname, target.port)
-    p.forward()
-    yield p
-    p.close()
-
-
 @pytest.mark.mounted
 def test_remount_reads_from_the_disk_cache(s3, bucket, mount, tmp_path, proxy):
     data = os.urandom(20 * MiB + 5)

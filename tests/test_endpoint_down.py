@@ -5,24 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import time
-import urllib.parse
 
 import pytest
-
-from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.mounted
 
 BOUND = 20   # seconds: retries=2, connect_timeout=1, readwrite_timeout=2, request_timeout=4 (+ kernel slack)
-
-
-@pytest.fixture
-def proxy(seaweed):
-    target = urllib.parse.urlsplit(seaweed.endpoint)
-    p = TcpProxy(target.hostname, target.port)
-    p.forward()
-    yield p
-    p.close()
 
 
 def timed(fn):

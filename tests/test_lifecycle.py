@@ -13,13 +13,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 
 import support
-from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.mounted
 
@@ -57,15 +55,6 @@ def test_log_options_shape_every_line(bucket, mount, tmp_path):
 
 
 # ---------------------------------------------------------------- exit 6
-@pytest.fixture
-def proxy(seaweed):
-    target = urllib.parse.urlsplit(seaweed.endpoint)
-    p = TcpProxy(target.hostname, target.port)
-    p.forward()
-    yield p
-    p.close()
-
-
 @pytest.mark.parametrize("how", ["umount", "sigterm"])
 def test_data_that_cannot_be_uploaded_gives_exit_6_naming_the_file(s3, bucket, mount, proxy, how):
     m = mount(bucket, f"url={proxy.url}", "retries=1,connect_timeout=1,readwrite_timeout=2,request_timeout=3")

@@ -9,7 +9,7 @@ import pytest
 
 from s3pyfs.cli import main, parse_args
 from s3pyfs.credentials import read_passwd_file, resolve_static_keys
-from s3pyfs.errors import CredentialsError, UsageError
+from s3pyfs.errors import CredentialsError
 from s3pyfs.metadata import Defaults, attrs_from_object, decode_xattrs, encode_xattrs, user_metadata
 from s3pyfs.options import split_option_string
 
