@@ -287,6 +287,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
         finally:
+            fs.spawn = None                    # the background nursery is gone: work runs inline
             with trio.CancelScope(shield=True):
                 failed = await fs.drain()
             pyfuse3.close(unmount=True)
