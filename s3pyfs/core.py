@@ -182,6 +182,16 @@ class CoreBase:
                 del self._resolving[(parent.ino, name)]
             done.set()
 
+    async def _resolve_listed_file(self, parent: Node, name: str) -> Node | None:
+        """Like `_resolve` for a name a fresh listing showed as an object: a single HEAD."""
+        node = self.inodes.child(parent.ino, name)
+        if node is not None and self._fresh(node):
+            return node
+        info = await self.client.head(self.inodes.key_for(parent, name))
+        if info is None:
+            return await self._resolve(parent, name)        # changed since the listing
+        return self._apply_found(parent, name, namespace.classify_file(info))
+
     async def _probe(self, parent: Node, name: str, node: Node | None) -> Node | None:
         dir_prefix = self.inodes.dir_prefix(parent)
         found = await namespace.probe(self.client, self.cache, dir_prefix, name)

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import stat
+import time
 
 import trio
 
@@ -107,10 +108,20 @@ class Filesystem(AttributeOps):
                 to_head.append(name)
 
         async def one(name: str) -> None:
-            node = await self._resolve(directory, name)
+            entry = listing.get(name)
+            if entry is not None and not entry.is_dir:
+                node = await self._resolve_listed_file(directory, name)     # one HEAD, no probing
+            else:
+                node = await self._resolve(directory, name)
             if node is not None:
                 resolved[name] = node
         await run_all((functools.partial(one, name) for name in to_head), LISTING_HEADS)
+        # a large directory takes a while to list: what it verified counts as fresh from now,
+        # so the stat() calls that follow a readdir (ls -l) do not fetch everything again
+        fresh_until = time.monotonic() + self.cfg.stat_ttl
+        for node in resolved.values():
+            if self._fresh(node):
+                node.expires = max(node.expires, fresh_until)
         if to_verify:
             self.spawn(self._verify, directory, to_verify)
         return sorted(resolved.items())

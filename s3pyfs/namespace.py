@@ -62,7 +62,7 @@ async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str) 
             return Found(True, await client.head(key + "/"))
         info = await client.head(key)
         if info is not None:
-            return _classify_file(info)
+            return classify_file(info)
     found = await _probe_all(client, key)
     if found is None:
         cache.add_missing(key)
@@ -90,7 +90,7 @@ async def list_small_directory(client: S3Client, cache: StatCache, dir_prefix: s
         done.set()
 
 
-def _classify_file(info: ObjectInfo) -> Found:
+def classify_file(info: ObjectInfo) -> Found:
     mode = info.metadata.get("mode", "")
     is_dir = (mode.isdigit() and (int(mode) & 0o170000) == 0o040000) or \
         info.content_type == "application/x-directory"
@@ -117,7 +117,7 @@ async def _probe_all(client: S3Client, key: str) -> Found | None:
             log.debug("%s is both a file and a directory; showing the directory", key)
         return Found(True, marker)  # type: ignore[arg-type]
     if file_info is not None:
-        return _classify_file(file_info)  # type: ignore[arg-type]
+        return classify_file(file_info)  # type: ignore[arg-type]
     return None
 
 

@@ -26,12 +26,10 @@ Invariants:
 
 from __future__ import annotations
 
-import functools
 from typing import Awaitable, Callable
 
 import trio
 
-from .concurrency import run_all
 from .errors import FSError, RemoteIOError
 
 Fetch = Callable[[int, int], Awaitable[bytes]]
@@ -39,19 +37,6 @@ Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
 SEQUENTIAL_AFTER = 1024 * 1024
-
-
-async def fetch_parallel(fetch: Fetch, start: int, end: int, part: int, parallel: int) -> bytes:
-    """Bytes [start, end) as parallel ranged requests of `part` bytes."""
-    if end - start <= part:
-        return await fetch(start, end)
-    ranges = [(lo, min(lo + part, end)) for lo in range(start, end, part)]
-    chunks: list[bytes] = [b""] * len(ranges)
-
-    async def one(index: int) -> None:
-        chunks[index] = await fetch(*ranges[index])
-    await run_all((functools.partial(one, index) for index in range(len(ranges))), parallel)
-    return b"".join(chunks)
 
 
 class _Part:
