@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -70,28 +69,11 @@ class BenchSeaweed(support.SeaweedServer):
             cmd.append(arg)
         return cmd + [f"-metricsPort={self.ports['metrics']}", "-metricsIp=127.0.0.1"]
 
+    def _pick_ports(self, count: int) -> list[int]:
+        return pick_ports(count)          # the benchmark also needs port + 10000 free
+
     def start(self, timeout: float = 90.0, attempts: int = 3) -> "BenchSeaweed":
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        for attempt in range(1, attempts + 1):
-            (self.workdir / "data").mkdir(exist_ok=True)
-            self.ports = dict(zip(self.PORT_NAMES, pick_ports(len(self.PORT_NAMES))))
-            self._log_file = open(self.log_path, "ab")
-            self._log_file.write(f"\n=== attempt {attempt}: {' '.join(self.command())}\n".encode())
-            self._log_file.flush()
-            self.proc = subprocess.Popen(
-                self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            error = self._wait_ready(timeout)
-            if error is None:
-                return self
-            log = support.tail(self.log_path, 40)
-            self.stop()
-            if "address already in use" in log and attempt < attempts:
-                shutil.rmtree(self.workdir / "data", ignore_errors=True)
-                continue
-            raise RuntimeError(f"SeaweedFS did not become ready: {error}\n{log}")
-        raise AssertionError("unreachable")
+        return super().start(timeout, attempts)
 
     @property
     def metrics_url(self) -> str:

@@ -35,22 +35,17 @@ class AttributeOps(FileOps):
         self._writable()
         now = now_ns()
         attrs = node.attrs
-        changed_meta = False
+        changed_meta = any(v is not None for v in (mode, uid, gid, atime_ns, mtime_ns))
         if mode is not None:
             attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
-            changed_meta = True
         if uid is not None:
             attrs.uid = uid
-            changed_meta = True
         if gid is not None:
             attrs.gid = gid
-            changed_meta = True
         if atime_ns is not None:
             attrs.atime_ns = atime_ns
-            changed_meta = True
         if mtime_ns is not None:
             attrs.mtime_ns = mtime_ns
-            changed_meta = True
         if (atime_ns is not None or mtime_ns is not None) and node.staging is not None \
                 and node.staging.stream is not None:
             node.staging.stream.explicit_times = True

@@ -291,7 +291,7 @@ class SeaweedServer:
         self._write_config()
         for attempt in range(1, attempts + 1):
             (self.workdir / "data").mkdir(exist_ok=True)
-            self.ports = dict(zip(self.PORT_NAMES, free_ports(len(self.PORT_NAMES))))
+            self.ports = dict(zip(self.PORT_NAMES, self._pick_ports(len(self.PORT_NAMES))))
             self._log_file = open(self.log_path, "ab")
             self._log_file.write(f"\n=== attempt {attempt}: {' '.join(self.command())}\n".encode())
             self._log_file.flush()
@@ -311,6 +311,9 @@ class SeaweedServer:
                 f"command: {' '.join(self.command())}\n"
                 f"--- last lines of {self.log_path} ---\n{log}")
         raise AssertionError("unreachable")
+
+    def _pick_ports(self, count: int) -> list[int]:
+        return free_ports(count)
 
     def _wait_ready(self, timeout: float) -> str | None:
         """None when S3 answers and can store an object, else a reason."""
