@@ -243,3 +243,17 @@ def mount(seaweed, make_bucket, fuse_ready, tmp_path):
             print(f"warning: {warning}", file=sys.stderr)
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def fault_proxy(seaweed):
+    """fault_proxy.FaultProxy in front of seaweed, forwarding with no rules; tests
+    add faults (proxy.add("slowdown", method="PUT", share=0.3)) and read its counters."""
+    import urllib.parse
+
+    from fault_proxy import FaultProxy
+    target = urllib.parse.urlsplit(seaweed.endpoint)
+    p = FaultProxy(target.hostname, target.port)
+    p.forward()
+    yield p
+    p.close()

@@ -292,13 +292,7 @@ class SeaweedServer:
         for attempt in range(1, attempts + 1):
             (self.workdir / "data").mkdir(exist_ok=True)
             self.ports = dict(zip(self.PORT_NAMES, self._pick_ports(len(self.PORT_NAMES))))
-            self._log_file = open(self.log_path, "ab")
-            self._log_file.write(f"\n=== attempt {attempt}: {' '.join(self.command())}\n".encode())
-            self._log_file.flush()
-            self.proc = subprocess.Popen(
-                self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            error = self._wait_ready(timeout)
+            error = self._launch(f"attempt {attempt}", timeout)
             if error is None:
                 return self
             log = tail(self.log_path, 60)
@@ -311,6 +305,33 @@ class SeaweedServer:
                 f"command: {' '.join(self.command())}\n"
                 f"--- last lines of {self.log_path} ---\n{log}")
         raise AssertionError("unreachable")
+
+    def _launch(self, what: str, timeout: float) -> str | None:
+        """Run weed on ``self.ports`` and the data dir; None when ready, else a reason."""
+        self._log_file = open(self.log_path, "ab")
+        self._log_file.write(f"\n=== {what}: {' '.join(self.command())}\n".encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+            stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        return self._wait_ready(timeout)
+
+    def restart(self, timeout: float | None = None) -> "SeaweedServer":
+        """Start again after ``stop()``: same ports, same data (objects survive)."""
+        if not self.ports:
+            raise RuntimeError("restart() needs a server that was started before")
+        timeout = timeout or env_float("S3PYFS_TEST_SEAWEED_TIMEOUT", 60.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            error = self._launch("restart", max(1.0, deadline - time.monotonic()))
+            if error is None:
+                return self
+            log = tail(self.log_path, 60)
+            self.stop()
+            if "address already in use" not in log or time.monotonic() >= deadline:
+                raise RuntimeError(f"SeaweedFS did not come back on the same ports: {error}\n"
+                                   f"--- last lines of {self.log_path} ---\n{log}")
+            time.sleep(0.5)    # a port of ours is still held (TIME_WAIT, slow exit): wait
 
     def _pick_ports(self, count: int) -> list[int]:
         return free_ports(count)

@@ -57,18 +57,25 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
-            with self._lock:
-                self._conns.append(client)
+            self._track(client)
             if mode == "forward":
-                try:
-                    upstream = socket.create_connection(self.target, timeout=5)
-                except OSError:
-                    client.close()
-                    continue
-                with self._lock:
-                    self._conns.append(upstream)
-                for a, b in ((client, upstream), (upstream, client)):
-                    threading.Thread(target=self._pump, args=(a, b, b is client), daemon=True).start()
+                self._forward(client)
+
+    def _track(self, sock: socket.socket) -> None:
+        """Remember a socket so that a mode change or close() shuts it."""
+        with self._lock:
+            self._conns.append(sock)
+
+    def _forward(self, client: socket.socket) -> None:
+        """Serve one accepted connection in forward mode (subclasses: fault_proxy.py)."""
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        self._track(upstream)
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(a, b, b is client), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
         try:
