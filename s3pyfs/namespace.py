@@ -6,7 +6,8 @@ state.  A name NAME in directory prefix P is
     or an object `P/NAME` carries a directory mode (old s3fs format);
   * otherwise a file, symlink or special file if the object `P/NAME` exists.
 A directory wins over a file of the same name (the file is logged and hidden),
-so that the keys below it stay reachable.
+so that the keys below it stay reachable; such a directory, like one whose
+`dir/` marker has a body, is never empty for rmdir, so no hidden data is deleted.
 Invariants: names that cannot be path components (empty, '.', '..', containing
 '/' or NUL) are skipped with a debug log, never returned; no mutation here.
 """
@@ -158,9 +159,27 @@ def _merge_page(entries: dict[str, ListedEntry], dir_prefix: str, page: ListPage
 
 
 async def is_empty_directory(client: S3Client, dir_prefix: str) -> bool:
-    page, _ = await client.list_page(dir_prefix, delimiter="/", max_keys=2)
-    keys = [o.key for o in page.objects if o.key != dir_prefix]
-    return not keys and not page.prefixes
+    """True when removing the directory `dir_prefix` deletes no data: no key below
+    it, its marker has no body, and no file of the same name hides behind it
+    (rmdir deletes `dir/`, `dir` and `dir_$folder$`)."""
+    results: dict[str, object] = {}
+
+    async def list_below() -> None:
+        page, _ = await client.list_page(dir_prefix, delimiter="/", max_keys=2)
+        results["below"] = bool(page.prefixes) or any(
+            o.key != dir_prefix or o.size > 0 for o in page.objects)
+
+    async def head_same_name() -> None:
+        info = await client.head(dir_prefix[:-1])
+        results["file"] = info is not None and not (info.size == 0 and classify_file(info).is_dir)
+
+    await run_all([list_below, head_same_name], 2)
+    for what in ("below", "file"):
+        if results[what]:
+            log.debug("directory %r is not empty: %s", dir_prefix,
+                      "keys or a marker body below it" if what == "below" else "a file of the same name")
+            return False
+    return True
 
 
 async def all_keys_below(client: S3Client, dir_prefix: str) -> list[ObjectInfo]:
