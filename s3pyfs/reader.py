@@ -14,7 +14,12 @@ few, large, overlapping requests.
     consumed, up to `max_ahead` (the read-ahead window), with at most
     `parallel` GETs in flight.  One part behind the reader is kept.
   * A read away from the parts (a seek) drops them and starts over.
+  * Given the object's `etag` (the version the handle saw at open), every
+    fetch is pinned to it: `fetch(start, end, etag)`, which fails (EIO) when
+    the object was replaced meanwhile instead of mixing two versions.
 Invariants:
+  * Bytes handed to the caller are exactly what was asked for: a fetch that
+    comes back short is an error, never a short or padded read.
   * Memory per handle is bounded by (max_ahead + 2) * part.
   * Prefetch tasks run in the filesystem's background nursery under this
     reader's cancel scopes; `close()` cancels them.  Without a nursery (core
@@ -32,7 +37,7 @@ import trio
 
 from .errors import FSError, RemoteIOError
 
-Fetch = Callable[[int, int], Awaitable[bytes]]
+Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
 Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
@@ -52,8 +57,10 @@ class _Part:
 
 class ObjectReader:
     def __init__(self, fetch: Fetch, size: int, *, spawn: Spawn | None = None,
-                 part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4, store=None):
+                 part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4, store=None,
+                 etag: str | None = None):
         self._fetch = fetch
+        self.etag = etag
         self._store = store            # disk_cache.ObjectBlocks or None
         self.size = size
         self.part = part
@@ -89,11 +96,15 @@ class ObjectReader:
         return await self._exact(offset, end)   # a first or random read: no read-ahead
 
     async def _exact(self, offset: int, end: int) -> bytes:
+        return await self._get(offset, end)
+
+    async def _get(self, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
         async with self._slots:
-            data = await self._fetch(offset, end)
+            data = await (self._fetch(lo, hi) if self.etag is None else self._fetch(lo, hi, self.etag))
         self.bytes_fetched += len(data)
-        if len(data) != end - offset:
-            raise RemoteIOError(f"short read at {offset}: {len(data)} of {end - offset} bytes")
+        if len(data) != hi - lo:
+            raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
         return data
 
     def close(self) -> None:
@@ -116,11 +127,7 @@ class ObjectReader:
             data = self._store.get(block, index, hi - lo)
             if data is not None:
                 return data
-        async with self._slots:
-            data = await self._fetch(lo, hi)
-        self.bytes_fetched += len(data)
-        if len(data) != hi - lo:
-            raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
+        data = await self._get(lo, hi)
         if self._store is not None:
             self._store.put(block, index, data)
         return data

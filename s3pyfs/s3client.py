@@ -7,7 +7,19 @@ the measurement that chose this over aiobotocore's httpx backend on trio.
 Invariants:
   * Every public coroutine finishes within `request_timeout` seconds (all
     retries included) or raises `RemoteTimeout`; botocore's standard retry
-    mode retries throttling, 5xx and connection errors `retries` times.
+    mode retries throttling, 5xx and connection errors up to `retries` tries.
+  * What botocore does not retry is retried here (`_do`, same deadline, up to
+    `retries` tries, backoff): a response body cut short, reset or stalled
+    while read (outside botocore's retry loop), a body failing its check, and
+    BadDigest (an upload damaged on the way).
+  * No damaged download is returned: a body must have its Content-Length; a
+    body holding a whole object whose ETag is a plain MD5 must have that MD5;
+    a GET given the caller's ETag is pinned to it (If-Match, and the answer's
+    ETag compared), and an object replaced meanwhile is a RemoteIOError
+    saying so.
+  * Uploads are verified: PutObject and UploadPart send Content-MD5 (the
+    server refuses a body damaged on the way), and a returned ETag that is a
+    plain MD5 must be the MD5 of what was sent.
   * Errors leave here only as `errors.FSError` subclasses: NoSuchKey -> NotFound,
     AccessDenied -> AccessDenied, everything else -> RemoteIOError with the
     S3 error code (never the credentials) in the message.
@@ -17,9 +29,13 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import functools
+import hashlib
 import logging
+import random
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
@@ -27,9 +43,11 @@ from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
 import aiohttp
 import trio
 from aiobotocore.config import AioConfig
+from aiobotocore.response import AioReadTimeoutError
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
+                                 PartialCredentialsError, ResponseStreamingError)
 
 from . import metrics
 from .concurrency import run_all
@@ -43,6 +61,7 @@ log = logging.getLogger(__name__)
 MAX_SINGLE_COPY = 5 * 1024**3        # CopyObject limit; larger objects use UploadPartCopy
 COPY_PART_SIZE = 512 * 1024**2
 DELETE_BATCH = 1000
+HASH_IN_THREAD = 256 * 1024          # bodies at least this large are hashed off the trio thread
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
@@ -86,6 +105,72 @@ class ClientSettings:
     credential_providers: tuple[str, ...] | None = None   # keep only these of botocore's chain
 
 
+class BadAnswer(Exception):
+    """An answer S3 gave that fails our checks; becomes RemoteIOError with this message."""
+    retry = False
+
+
+class DamagedBody(BadAnswer):
+    """A response body that is short or fails its MD5 check: tried again."""
+    retry = True
+
+
+class ObjectChanged(BadAnswer):
+    """A GET pinned to an ETag found another version of the object."""
+
+
+# Failures botocore does not retry but another try may cure: errors while reading a GET body
+# (it is read after botocore's retry loop has returned), a body failing its check, BadDigest.
+_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, AioReadTimeoutError, aiohttp.ClientPayloadError)
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+_CHANGED = "the object changed while it was being read (its ETag is not the one read before)"
+
+
+def _worth_another_try(exc: BaseException) -> bool:
+    if isinstance(exc, _BODY_ERRORS):
+        return True
+    if isinstance(exc, BadAnswer):
+        return exc.retry
+    return isinstance(exc, ClientError) and _error_code(exc) == "BadDigest"
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before try `attempt + 1`: 0.1, 0.2, 0.4 ... capped at 2, with full jitter."""
+    return random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1)))
+
+
+def _md5_is_etag(r: Mapping[str, Any]) -> bool:
+    """True when the answer's ETag is the MD5 of the object's bytes (not multipart, SSE-KMS, SSE-C)."""
+    etag = _etag(r.get("ETag"))
+    encrypted = r.get("SSECustomerAlgorithm") or str(r.get("ServerSideEncryption", "")).startswith("aws:kms")
+    return bool(etag and _PLAIN_MD5.fullmatch(etag.lower()) and not encrypted)
+
+
+def _whole_object(r: Mapping[str, Any], data: bytes) -> bool:
+    """Does this GET answer hold the whole object?"""
+    content_range = r.get("ContentRange")
+    if not content_range:
+        return True
+    return content_range == f"bytes 0-{len(data) - 1}/{len(data)}"
+
+
+async def _md5(data: bytes) -> bytes:
+    if len(data) < HASH_IN_THREAD:
+        return hashlib.md5(data).digest()
+    return await trio.to_thread.run_sync(lambda: hashlib.md5(data).digest())
+
+
+async def _check_body(what: str, r: Mapping[str, Any], data: bytes) -> None:
+    """DamagedBody unless `data` is what the GET answer `r` announced."""
+    expected = int(r.get("ContentLength", len(data)))
+    if len(data) != expected:
+        raise DamagedBody(f"{what}: short body ({len(data)} of {expected} bytes)")
+    if _md5_is_etag(r) and _whole_object(r, data):
+        digest = (await _md5(data)).hex()
+        if digest != _etag(r["ETag"]).lower():
+            raise DamagedBody(f"{what}: body does not match its ETag (MD5 {digest}), damaged in transit")
+
+
 def _error_code(exc: ClientError) -> str:
     err = exc.response.get("Error", {})
     return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -115,12 +200,16 @@ def _translate(exc: BaseException, what: str) -> FSError:
             return NameTooLong(f"{what}: the store refuses keys this long")
         if code in _BAD_CREDS:
             return AccessDenied(f"{what}: credentials rejected ({code})")
+        if code in ("PreconditionFailed", "412"):
+            return RemoteIOError(f"{what}: {_CHANGED}")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
         error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
         error.request_id = request_id
         return error
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
+    if isinstance(exc, BadAnswer):
+        return RemoteIOError(str(exc))
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
 
 
@@ -183,23 +272,40 @@ class S3Client:
         self.settings = settings
         self.bucket = settings.bucket
 
-    async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0) -> Any:
+    async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0,
+                  check: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> Any:
         """Run `op()` on the asyncio thread within the deadline; errors become FSError.
 
+        `check(result)` (in trio) may raise DamagedBody.  Failures that
+        `_worth_another_try` are tried again, all tries within the deadline.
         Every request is counted here (metrics.py): operation (first word of
-        `what`), outcome, latency, `sent` body bytes, botocore's retries."""
+        `what`), outcome, latency, `sent` body bytes, botocore's retries plus ours."""
         started = time.perf_counter()
+        ours = 0
         try:
             with trio.fail_after(self.settings.request_timeout):
-                result = await self._loop.run(op())
+                while True:
+                    try:
+                        result = await self._loop.run(op())
+                        if check is not None:
+                            await check(result)
+                        break
+                    except (ClientError, BotoCoreError, aiohttp.ClientError, BadAnswer) as exc:
+                        if ours + 1 >= self.settings.retries or not _worth_another_try(exc):
+                            raise
+                        ours += 1
+                        log.info("%s: %s; trying again (%d of %d)", what, exc, ours + 1, self.settings.retries)
+                        await trio.sleep(_backoff(ours))
         except trio.TooSlowError:
             error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
             metrics.counters.s3_done(what, "timeout", started, message=str(error))
             raise error from None
-        except (ClientError, BotoCoreError) as exc:
+        except (ClientError, BotoCoreError, BadAnswer) as exc:
             error = _translate(exc, what)
-            outcome = _error_code(exc) if isinstance(exc, ClientError) else "connection"
-            metrics.counters.s3_done(what, outcome or "error", started, retries=_retries(exc), message=str(error))
+            outcome = (_error_code(exc) if isinstance(exc, ClientError)
+                       else "damaged" if isinstance(exc, BadAnswer) else "connection")
+            metrics.counters.s3_done(what, outcome or "error", started, retries=_retries(exc) + ours,
+                                     message=str(error))
             raise error from None
         except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
             error = RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
@@ -208,7 +314,7 @@ class S3Client:
         except trio.Cancelled:
             metrics.counters.s3_done(what, "cancelled", started)
             raise
-        metrics.counters.s3_done(what, "ok", started, sent, _retries(result))
+        metrics.counters.s3_done(what, "ok", started, sent, _retries(result) + ours)
         return result
 
     async def head(self, key: str) -> ObjectInfo | None:
@@ -220,32 +326,50 @@ class S3Client:
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _etag(r.get("ETag")),
                           _ns(r.get("LastModified")), dict(r.get("Metadata") or {}), r.get("ContentType"))
 
-    async def _get(self, key: str, **kwargs) -> tuple[dict, bytes]:
+    async def _get(self, key: str, etag: str | None = None, **kwargs) -> tuple[dict, bytes]:
+        """GET with its body checked (`_check_body`); pinned to `etag` when given."""
+        if etag:
+            kwargs["IfMatch"] = f'"{etag}"'
+        what = f"GET {key} {kwargs.get('Range', '')}".rstrip()
+
         async def op():
             r = await self._c.get_object(Bucket=self.bucket, Key=key, **kwargs)
             async with r["Body"] as body:
                 return r, await body.read()
-        r, data = await self._do(f"GET {key} {kwargs.get('Range', '')}".rstrip(), op)
+
+        async def check(result) -> None:
+            r, data = result
+            if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
+                raise ObjectChanged(f"{what}: {_CHANGED}")
+            await _check_body(what, r, data)
+        r, data = await self._do(what, op, check=check)
         metrics.counters.s3_received(len(data))
         return r, data
 
-    async def get_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of `key`; fewer only at the end of the object."""
+    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
+        """Bytes [start, end) of `key`; fewer only at the end of the object.
+
+        With `etag`, only bytes of that version: RemoteIOError if the object changed."""
         if end <= start:
             return b""
-        r, data = await self._get(key, Range=f"bytes={start}-{end - 1}")
-        expected = int(r.get("ContentLength", len(data)))
-        if len(data) != expected:
-            raise RemoteIOError(f"GET {key}: short body ({len(data)} of {expected} bytes)")
-        return data
+        return (await self._get(key, etag, Range=f"bytes={start}-{end - 1}"))[1]
 
-    async def get_all(self, key: str) -> bytes:
-        return (await self._get(key))[1]
+    async def get_all(self, key: str, etag: str | None = None) -> bytes:
+        return (await self._get(key, etag))[1]
+
+    async def _verified_upload(self, what: str, body: bytes, call: Callable[[str], Coroutine[Any, Any, Any]]) -> dict:
+        """`call(content_md5)` sending `body`; its returned ETag, if a plain MD5, must match."""
+        digest = await _md5(body)
+        r = await self._do(what, lambda: call(base64.b64encode(digest).decode()), sent=len(body))
+        if _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest.hex():
+            raise RemoteIOError(f"{what}: the store answered ETag {_etag(r['ETag'])} for data with MD5 "
+                                f"{digest.hex()}: not stored as sent")
+        return r
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str], content_type: str | None = None) -> str | None:
         kwargs = {"ContentType": content_type} if content_type else {}
-        r = await self._do(f"PUT {key}", lambda: self._c.put_object(
-            Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, **kwargs), sent=len(body))
+        r = await self._verified_upload(f"PUT {key}", body, lambda md5: self._c.put_object(
+            Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, ContentMD5=md5, **kwargs))
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
@@ -255,8 +379,8 @@ class S3Client:
         return r["UploadId"]
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
-        r = await self._do(f"UploadPart {key} #{number}", lambda: self._c.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data), sent=len(data))
+        r = await self._verified_upload(f"UploadPart {key} #{number}", data, lambda md5: self._c.upload_part(
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5))
         return r["ETag"]
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
