@@ -14,36 +14,40 @@ from typing import Callable
 from .errors import UsageError
 
 
+# ASCII digits only: int() and float() would also take ' 5', '+5', '1_000' and other
+# scripts' digits ('٣'), none of which s3fs or mount(8) accept
+_WHOLE = re.compile(r"-?[0-9]+")
+_OCTAL = re.compile(r"[0-7]+")
+_NUMBER = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)")
+
+
 def whole(lo: int | None = None, hi: int | None = None) -> Callable[[str, str], int]:
     def parse(name: str, text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise UsageError(f"option {name}= needs a whole number, got {text!r}") from None
-        if lo is not None and value < lo or hi is not None and value > hi:
-            raise UsageError(f"option {name}={value} is out of range ({lo} to {hi})")
+        if not _WHOLE.fullmatch(text):
+            raise UsageError(f"option {name}= needs a whole number, got {text[:40]!r}")
+        value = int(text, 10) if len(text) <= 40 else None      # int() refuses > 4300 digits
+        if value is None or lo is not None and value < lo or hi is not None and value > hi:
+            raise UsageError(f"option {name}={text[:40]} is out of range ({lo} to {hi})")
         return value
     return parse
 
 
 def octal(name: str, text: str) -> int:
-    try:
-        value = int(text, 8)
-    except ValueError:
-        raise UsageError(f"option {name}= needs an octal number such as 022, got {text!r}") from None
+    if not _OCTAL.fullmatch(text):
+        raise UsageError(f"option {name}= needs an octal number such as 022, got {text[:40]!r}")
+    value = int(text, 8)
     if not 0 <= value <= 0o7777:
-        raise UsageError(f"option {name}={text} is out of range (0 to 7777)")
+        raise UsageError(f"option {name}={text[:40]} is out of range (0 to 7777)")
     return value
 
 
 def number(lo: float, hi: float) -> Callable[[str, str], float]:
     def parse(name: str, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise UsageError(f"option {name}= needs a number, got {text!r}") from None
+        if not _NUMBER.fullmatch(text):
+            raise UsageError(f"option {name}= needs a number, got {text[:40]!r}")
+        value = float(text)
         if not lo <= value <= hi:
-            raise UsageError(f"option {name}={text} is out of range ({lo:g} to {hi:g})")
+            raise UsageError(f"option {name}={text[:40]} is out of range ({lo:g} to {hi:g})")
         return value
     return parse
 

@@ -271,6 +271,8 @@ def apply_option(opts: MountOptions, item: str) -> None:
     name, has_value, value = item.partition("=")
     if name in CONSUMED_FLAGS or item.startswith(CONSUMED_PREFIXES):
         return
+    if not name:
+        raise UsageError("an -o item starts with '=': it needs an option name (name=value)")
     opt = _BY_NAME.get(name)
     if opt is None:
         if name in UNSUPPORTED:

@@ -647,3 +647,27 @@ class Mount:
                     + "\n".join(log[start:].splitlines()[:60]))
                 break
         return problems
+
+
+# --------------------------------------------------------------------------
+# An identity SeaweedFS knows that may touch no test bucket (access-denied tests):
+# its only action is scoped to a bucket that never exists.
+
+SeaweedServer.denied_access_key = "s3pyfs-test-denied"
+SeaweedServer.denied_secret_key = "s3pyfs-test-denied-secret-0123456789"
+_write_config_without_denied = SeaweedServer._write_config
+
+
+def _write_config_with_denied(self) -> None:
+    _write_config_without_denied(self)
+    path = self.workdir / "config" / "s3.json"
+    config = json.loads(path.read_text())
+    config["identities"].append({
+        "name": "s3pyfs-test-denied",
+        "credentials": [{"accessKey": self.denied_access_key, "secretKey": self.denied_secret_key}],
+        "actions": ["Read:s3pyfs-never-created"],
+    })
+    path.write_text(json.dumps(config, indent=2))
+
+
+SeaweedServer._write_config = _write_config_with_denied
