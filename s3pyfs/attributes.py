@@ -1,4 +1,4 @@
-"""Attribute operations: setattr (chmod, chown, utimens, truncate) and user xattrs.
+"""Attribute operations: setattr (chmod, chown, utimens, truncate), open(O_TRUNC), user xattrs.
 
 Responsibility: change a node's attributes and store them in S3: with the
 data at the next upload when the file has unsaved data, else by copying the
@@ -12,6 +12,7 @@ xattrs; the S3 user-metadata limit (2 KiB) is checked before sending.
 from __future__ import annotations
 
 import logging
+import os
 import stat
 
 from .core import now_ns
@@ -27,6 +28,20 @@ XATTR_REPLACE = 2
 
 
 class AttributeOps(FileOps):
+    # ------------------------------------------------------------------ open(O_TRUNC)
+    async def open(self, ino: int, flags: int):
+        """Open, truncating first when asked: libfuse passes O_TRUNC to open
+        (atomic_o_trunc), so the kernel sends no separate truncating setattr."""
+        handle = await super().open(ino, flags)
+        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY:
+            if handle.node.attrs.size > 0:
+                try:
+                    await self.setattr(ino, size=0, fh=handle.fh)
+                except BaseException:
+                    await self.release(handle.fh)
+                    raise
+        return handle
+
     # ------------------------------------------------------------------ attributes
     async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
