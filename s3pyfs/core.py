@@ -27,6 +27,7 @@ from .disk_cache import DiskCache
 from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
+from .journal import Journal
 from .metadata import Attrs, Defaults, attrs_from_object
 from .s3client import ObjectInfo, S3Client
 from .stat_cache import ListedEntry, StatCache
@@ -45,7 +46,8 @@ class Config:
 
     def __init__(self, *, prefix: str = "", defaults: Defaults, read_only: bool = False,
                  stat_ttl: float = 5.0, negative_ttl: float = 1.0, cache_entries: int = 100_000, staging_dir: str = "/var/tmp",
-                 multipart_size: int = 10 * 1024 * 1024, parallel: int = 8, root_mode: int = 0o755):
+                 multipart_size: int = 10 * 1024 * 1024, parallel: int = 8, root_mode: int = 0o755,
+                 drain_timeout: float = 120.0):
         self.prefix = prefix
         self.defaults = defaults
         self.read_only = read_only
@@ -56,15 +58,19 @@ class Config:
         self.multipart_size = multipart_size
         self.parallel = parallel
         self.root_mode = root_mode
+        self.drain_timeout = drain_timeout      # bound of the upload of dirty data at unmount
 
 
 class CoreBase:
     """State and helpers shared by every group of operations."""
 
-    def __init__(self, client: S3Client, config: Config, disk_cache: DiskCache | None = None):
+    def __init__(self, client: S3Client, config: Config, disk_cache: DiskCache | None = None,
+                 journal: Journal | None = None):
         self.client = client
         self.cfg = config
         self.disk_cache = disk_cache
+        # named staging files + records of dirty data (crash recovery); unlocked when not given
+        self.journal = journal if journal is not None else Journal(config.staging_dir, lock=False)
         self.cache = StatCache(config.stat_ttl, config.cache_entries, negative_ttl=config.negative_ttl)
         now = now_ns()
         d = config.defaults

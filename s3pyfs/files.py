@@ -9,14 +9,23 @@ Invariants (data safety, see ARCHITECTURE.md):
     for the next flush or the unmount drain; nothing is dropped silently.
   * A key the store refuses for good (too long) fails the flush with
     ENAMETOOLONG and is then dropped, since no retry can succeed.
+  * Every staging file has a journal record while dirty (journal.py): the
+    record names the key the data belongs to and is removed when the file
+    is uploaded, unlinked or renamed away, so recovery never resurrects it.
+  * A file whose upload failed is retried by `retry_failed_uploads` in the
+    background (backoff up to `RETRY_MAX_INTERVAL`), besides at its next
+    flush and at unmount.
 """
 
 from __future__ import annotations
 
 import errno as E
+import functools
 import logging
 import os
 import stat
+
+import trio
 
 from .core import CoreBase, now_ns
 from .errors import FSError, IsADirectory, NameTooLong
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 
 READ_PART = 8 * 1024 * 1024       # ranged GET size of sequential reads
 READ_AHEAD_PARTS = 6             # read-ahead window: up to 48 MiB per handle
+RETRY_INTERVAL = 2.0             # first background retry of a failed upload (seconds)
+RETRY_MAX_INTERVAL = 30.0
 
 
 class FileOps(CoreBase):
@@ -59,12 +70,28 @@ class FileOps(CoreBase):
     def _staging_for(self, node: Node) -> Staging:
         if node.staging is None:
             size = node.attrs.size if node.in_s3 else 0
-            node.staging = Staging(self.cfg.staging_dir, size, size)
+            staging = Staging(self.journal.new_record(), size, size, node.attrs.etag if node.in_s3 else None)
+            staging.on_change = functools.partial(self._journal_record, node, staging)
+            node.staging = staging
             for handle in self.handles.files_of(node):
                 if handle.reader is not None:
                     handle.reader.close()
                     handle.reader = None
         return node.staging
+
+    def _journal_record(self, node: Node, staging: Staging) -> None:
+        """(Re)write the journal record of a dirty staging file: what recovery needs."""
+        if node.staging is not staging or not node.attached():
+            staging.record.clear()          # unlinked or replaced: nothing to recover
+            return
+        staging.record.save({
+            "key": self.inodes.file_key(node),
+            "base_etag": staging.base_etag,
+            "source_limit": staging.source_limit,
+            "written": sorted(staging.written),
+            "metadata": user_metadata(node.attrs),
+            "uploads": sorted(staging.uploads),
+        })
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handles.file(fh)
@@ -94,7 +121,7 @@ class FileOps(CoreBase):
             return
         if staging.stream is None:
             staging.stream = Stream(self.client, self.inodes.file_key(node), user_metadata(node.attrs), part,
-                                    self.cfg.parallel, self.spawn)
+                                    self.cfg.parallel, self.spawn, track=staging.track_upload)
             staging.stream.writer_end = staging.size
         staging.stream.kick(staging.fd)
 
@@ -110,7 +137,7 @@ class FileOps(CoreBase):
                 self.inodes.detach(parent, name)
                 self.invalidate_entry(parent, name)
             if node.staging is not None:
-                node.staging.clean_generation = node.staging.generation
+                node.staging.mark_clean()
             raise
 
     async def fsync(self, fh: int) -> None:
@@ -129,8 +156,8 @@ class FileOps(CoreBase):
         except NameTooLong:
             return                  # reported to close() by flush; the node is gone
         except FSError as exc:
-            log.error("could not upload %s at close (%s); the data stays staged and is retried at the next "
-                      "flush or at unmount", self._describe(node), exc)
+            log.error("could not upload %s at close (%s); the data stays staged and is retried in the "
+                      "background, at the next flush and at unmount", self._describe(node), exc)
             return
         self._drop_staging_if_idle(node)
         self.inodes.forget_if_unused(node)
@@ -140,11 +167,18 @@ class FileOps(CoreBase):
         if staging is None or not (staging.dirty or not node.in_s3):
             return
         if not node.attached():
-            staging.clean_generation = staging.generation      # unlinked: nothing to keep
+            staging.mark_clean()                # unlinked: nothing to keep
             return
         key = self.inodes.file_key(node)
-        etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
-                                    self.cfg.multipart_size, self.cfg.parallel)
+        try:
+            etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
+                                        self.cfg.multipart_size, self.cfg.parallel)
+        except FSError:
+            staging.failed = True
+            raise
+        if staging.failed:
+            staging.failed = False
+            log.warning("uploaded %s, whose earlier upload had failed", key)
         if node.staging is staging:
             node.attrs.etag = etag
             node.in_s3 = True
@@ -174,14 +208,45 @@ class FileOps(CoreBase):
                 if n.staging is not None and (n.staging.dirty or not n.in_s3) and n.attached()]
 
     async def drain(self) -> list[str]:
-        """Upload every dirty file; returns the keys that could not be uploaded."""
+        """Upload every dirty file within `drain_timeout` seconds; returns the keys not
+        uploaded (their data stays in the journal for the next mount)."""
+        timeout = self.cfg.drain_timeout
+        if self._drain_deadline is None:      # SIGTERM then unmount: one budget for both
+            self._drain_deadline = trio.current_time() + timeout
         failed: list[str] = []
-        for node in self.dirty_nodes():
-            try:
-                await self._upload(node)
-                self._drop_staging_if_idle(node)
-            except FSError as exc:
-                key = self._describe(node)
-                log.error("could not upload %s: %s", key, exc)
-                failed.append(key)
+        with trio.move_on_at(self._drain_deadline) as scope:
+            for node in self.dirty_nodes():
+                try:
+                    await self._upload(node)
+                    self._drop_staging_if_idle(node)
+                except FSError as exc:
+                    key = self._describe(node)
+                    log.error("could not upload %s: %s", key, exc)
+                    failed.append(key)
+        if scope.cancelled_caught:
+            log.error("stopped uploading dirty data after %g s", timeout)
+            failed.extend(self._describe(n) for n in self.dirty_nodes() if self._describe(n) not in failed)
         return failed
+
+    _drain_deadline: float | None = None
+
+    async def retry_failed_uploads(self) -> None:
+        """Background task: upload files whose upload failed, with backoff, until cancelled.
+
+        Each round tries the first such file; only when it succeeds (the store is
+        back) are the others tried, so an outage costs one request per round."""
+        delay = RETRY_INTERVAL
+        while True:
+            await trio.sleep(delay)
+            pending = [n for n in self.dirty_nodes() if n.staging.failed]
+            ok = True
+            for node in pending:
+                try:
+                    await self._upload(node)
+                except FSError as exc:
+                    log.info("background retry of %s failed: %s", self._describe(node), exc)
+                    ok = False
+                    break
+                self._drop_staging_if_idle(node)
+                self.inodes.forget_if_unused(node)
+            delay = RETRY_INTERVAL if ok else min(delay * 2, RETRY_MAX_INTERVAL)

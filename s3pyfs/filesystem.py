@@ -33,7 +33,6 @@ from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
 from .s3client import ObjectInfo
 from .stat_cache import ListedEntry
-from .writeback import Staging
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +231,8 @@ class Filesystem(AttributeOps):
         attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
         node = self.inodes.add(parent.ino, name, attrs, self.cfg.stat_ttl)
         node.in_s3 = False
-        node.staging = Staging(self.cfg.staging_dir, 0, 0)
-        node.staging.mark_dirty()           # an empty file must reach S3 too
         self._name_added(parent, name, node)
+        self._staging_for(node).mark_dirty()    # an empty file must reach S3 too
         self._touch_dir(parent)
         self.count_lookup(node)
         return await self.open(node.ino, flags), node
@@ -291,6 +289,8 @@ class Filesystem(AttributeOps):
         self.inodes.detach(parent.ino, name)
         if node.staging is not None and node.open_handles == 0:
             self._drop_staging(node)
+        elif node.staging is not None:
+            node.staging.mark_clean()           # still open: its data no longer belongs anywhere
         self._touch_dir(parent)
 
     # ------------------------------------------------------------------ rename
@@ -329,6 +329,8 @@ class Filesystem(AttributeOps):
         self._name_removed(old_parent, old_name)
         if dst is not None and dst.staging is not None and dst.open_handles == 0:
             self._drop_staging(dst)
+        elif dst is not None and dst.staging is not None:
+            dst.staging.mark_clean()            # replaced while open: nothing to recover
         self.inodes.move(src, new_parent.ino, new_name)
         self._name_added(new_parent, new_name, src)
         src.attrs.ctime_ns = now_ns()

@@ -10,9 +10,12 @@ Responsibility: the order of start-up and shut-down.
   3. trio: open the S3 client, prove endpoint + bucket + credentials with one
      cheap request, pyfuse3.init, report ready (pipe, or READY=1 to
      $NOTIFY_SOCKET), serve.
+     Before that, dirty data left by an earlier mount of the bucket that
+     died (journal directories nobody holds) is uploaded (recovery.py).
   4. SIGTERM/SIGINT: upload dirty data, then leave the FUSE loop and unmount.
      After an external `umount` the loop ends by itself; dirty data is drained
-     then too.  Exit 0, or EXIT_DIRTY naming what could not be uploaded.
+     then too, within `drain_timeout`.  Exit 0, or EXIT_DIRTY naming what could
+     not be uploaded; that data stays in the journal for the next mount.
 Invariants: only this module and operations.py import pyfuse3; nothing after
 the fork writes to the caller's stdout/stderr except libfuse's own mount error.
 """
@@ -23,17 +26,15 @@ import errno
 import logging
 import logging.handlers
 import os
-import shutil
 import signal
 import stat
 import socket
 import sys
-import tempfile
 
 import pyfuse3
 import trio
 
-from . import __version__, metrics
+from . import __version__, journal, metrics, recovery
 from .concurrency import background_spawner
 from .credentials import resolve_static_keys
 from .disk_cache import DiskCache
@@ -104,7 +105,7 @@ def make_config(opts: MountOptions, staging_dir: str) -> Config:
                   stat_ttl=opts.stat_cache_expire,
                   negative_ttl=min(opts.negative_cache_expire, opts.stat_cache_expire), cache_entries=opts.max_stat_cache_size,
                   staging_dir=staging_dir, multipart_size=opts.multipart_size * 1024 * 1024,
-                  parallel=opts.parallel_count, root_mode=0o777 & ~root_mask)
+                  parallel=opts.parallel_count, root_mode=0o777 & ~root_mask, drain_timeout=opts.drain_timeout)
 
 
 def fuse_options(opts: MountOptions) -> set[str]:
@@ -249,7 +250,8 @@ def setup_logging_reopen() -> None:
             log.info("SIGHUP: reopened log file %s", handler.baseFilename)
 
 
-async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, staging_dir: str) -> int:
+async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, store: str,
+                jrnl: journal.Journal) -> int:
     async with open_client(settings) as client:
         try:
             await client.check_bucket()
@@ -259,7 +261,9 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             raise
         except FSError as exc:
             raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
-        fs = Filesystem(client, make_config(opts, staging_dir), disk_cache=open_disk_cache(opts))
+        await recovery.recover(store, client, opts.multipart_size * 1024 * 1024, opts.parallel_count,
+                               opts.drain_timeout)
+        fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts), journal=jrnl)
         ops = Operations(fs)
         monitor = metrics.Monitor(fs, stats_info(opts, settings))
         if opts.metrics:
@@ -284,6 +288,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 fs.spawn = background_spawner(nursery)
                 nursery.start_soon(_watch_signals, fs, stopping)
                 nursery.start_soon(monitor.publish)
+                nursery.start_soon(fs.retry_failed_uploads)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
         finally:
@@ -295,7 +300,9 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 fs.disk_cache.clear()
             monitor.close()
         if failed:
-            log.error("unmounted with %d file(s) not uploaded: %s", len(failed), ", ".join(failed[:20]))
+            log.error("unmounted with %d file(s) not uploaded: %s; their data is kept in %s and uploaded by the "
+                      "next mount of this bucket with the same %s", len(failed), ", ".join(failed[:20]),
+                      jrnl.directory, "use_cache=" if opts.use_cache else "tmpdir=")
             return EXIT_DIRTY
         log.info("unmounted %s cleanly", opts.mountpoint)
         return EXIT_OK
@@ -310,10 +317,14 @@ def stats_info(opts: MountOptions, settings: ClientSettings) -> dict:
             "metrics_url": f"http://{host}:{opts.metrics[1]}/metrics" if opts.metrics else None}
 
 
-def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness) -> int:
-    staging_dir = tempfile.mkdtemp(prefix="s3pyfs-", dir=opts.tmpdir)
+def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness, store: str) -> int:
     try:
-        return trio.run(serve, opts, settings, readiness, staging_dir)
+        jrnl = journal.Journal.create(store)
+    except OSError as exc:
+        readiness.failed(UsageError.exit_code, f"cannot create the staging directory under {store}: {exc.strerror}")
+        return UsageError.exit_code
+    try:
+        return trio.run(serve, opts, settings, readiness, store, jrnl)
     except StartupError as exc:
         readiness.failed(exc.exit_code, str(exc))
         return exc.exit_code
@@ -322,7 +333,7 @@ def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: R
         readiness.failed(EXIT_FAILURE, f"unexpected error: {type(exc).__name__}: {exc}")
         return EXIT_FAILURE
     finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)
+        jrnl.close()
 
 
 def check_local_dirs(opts: MountOptions) -> None:
@@ -338,6 +349,12 @@ def check_local_dirs(opts: MountOptions) -> None:
             raise UsageError(f"cannot write logfile {opts.logfile}: {exc.strerror}") from None
 
 
+def journal_store(opts: MountOptions, settings: ClientSettings) -> str:
+    """Where this mount keeps dirty data: under use_cache= when given, else under tmpdir=."""
+    base = os.path.join(opts.use_cache, "dirty") if opts.use_cache else os.path.join(opts.tmpdir, "s3pyfs-dirty")
+    return journal.store_dir(os.path.abspath(base), settings.endpoint_url, opts.bucket)
+
+
 def run(opts: MountOptions) -> int:
     check_mountpoint(opts)
     check_local_dirs(opts)
@@ -345,11 +362,12 @@ def run(opts: MountOptions) -> int:
     if warning:
         print(f"s3pyfs: warning: {warning}", file=sys.stderr)
     settings = make_settings(opts)
+    store = journal_store(opts, settings)
     if opts.foreground:
         setup_logging(opts, to_stderr=True)
         if warning and opts.logfile:
             log.warning("%s", warning)
-        return _serve_and_report(opts, settings, Readiness(None))
+        return _serve_and_report(opts, settings, Readiness(None), store)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid > 0:
@@ -362,7 +380,7 @@ def run(opts: MountOptions) -> int:
         setup_logging(opts, to_stderr=False)
         if warning:
             log.warning("%s", warning)
-        code = _serve_and_report(opts, settings, Readiness(write_fd))
+        code = _serve_and_report(opts, settings, Readiness(write_fd), store)
     except BaseException:
         code = EXIT_FAILURE
     os._exit(code)

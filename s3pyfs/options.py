@@ -111,6 +111,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("connect_timeout", "connect_timeout", v.number(0.1, 600), "seconds to connect to the endpoint (default 5)"),
     Option("readwrite_timeout", "readwrite_timeout", v.number(0.1, 3600), "seconds of silence on a connection before it is given up (default 30)"),
     Option("request_timeout", "request_timeout", v.number(1, 86400), "upper bound in seconds of one S3 call with all its retries (default 120)"),
+    Option("drain_timeout", "drain_timeout", v.number(1, 86400), "seconds unmount/SIGTERM (and recovery at start) spend uploading dirty data (default 120); what is left stays in the journal for the next mount"),
     # --- log
     Option("logfile", "logfile", v.text, "write the log to this file instead of stderr/syslog; SIGHUP reopens it"),
     Option("dbglevel", "log_level", v.loglevel, "log level: crit, err, warn, info or dbg (default warn)"),
@@ -222,6 +223,7 @@ class MountOptions:
     connect_timeout: float = 5.0
     readwrite_timeout: float = 30.0
     request_timeout: float = 120.0
+    drain_timeout: float = 120.0
     logfile: str | None = None
     log_level: str = "WARNING"
     instance_name: str | None = None
@@ -269,10 +271,10 @@ def apply_option_string(opts: MountOptions, text: str) -> None:
 
 def apply_option(opts: MountOptions, item: str) -> None:
     name, has_value, value = item.partition("=")
-    if name in CONSUMED_FLAGS or item.startswith(CONSUMED_PREFIXES):
-        return
     if not name:
         raise UsageError("an -o item starts with '=': it needs an option name (name=value)")
+    if name in CONSUMED_FLAGS or item.startswith(CONSUMED_PREFIXES):
+        return
     opt = _BY_NAME.get(name)
     if opt is None:
         if name in UNSUPPORTED:

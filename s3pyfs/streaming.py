@@ -42,7 +42,8 @@ def without_times(metadata: dict[str, str]) -> dict[str, str]:
 
 class Stream:
     def __init__(self, client, key: str, metadata: dict[str, str], part: int, parallel: int,
-                 spawn: Callable[..., None], content_type: str | None = None):
+                 spawn: Callable[..., None], content_type: str | None = None,
+                 track: Callable[[str, bool], None] = lambda upload_id, active: None):
         self.client = client
         self.key = key
         self.metadata = without_times(metadata)
@@ -50,6 +51,7 @@ class Stream:
         self.part = part
         self.parallel = parallel
         self.spawn = spawn
+        self.track = track              # told when the multipart upload starts and ends (journal)
         self.upload_id: str | None = None
         self._create_lock = trio.Lock()
         self.part_gen: dict[int, int] = {}
@@ -84,6 +86,7 @@ class Stream:
         async with self._create_lock:
             if self.upload_id is None:
                 self.upload_id = await self.client.create_multipart(self.key, self.metadata, self.content_type)
+                self.track(self.upload_id, True)
             return self.upload_id
 
     async def _send(self, fd: int, index: int) -> None:
@@ -129,6 +132,7 @@ class Stream:
             etags[index] = await self.client.upload_part(self.key, upload_id, index + 1, data)
         await run_all((functools.partial(one, index) for index in range(count)), self.parallel)
         etag = await self.client.complete_multipart(self.key, self.upload_id, etags)
+        self.track(self.upload_id, False)
         self.upload_id = None
         if without_times(metadata) != self.metadata or self.explicit_times:
             etag = await self.client.copy(self.key, self.key, size, metadata=metadata,
@@ -141,4 +145,5 @@ class Stream:
             await event.wait()
         if self.upload_id is not None:
             await self.client.abort_multipart(self.key, self.upload_id)
+            self.track(self.upload_id, False)
             self.upload_id = None

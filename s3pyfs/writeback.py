@@ -15,6 +15,12 @@ Invariants:
     from and the file is clean only if nothing changed meanwhile.  A failed
     upload leaves the file dirty (and aborts its multipart upload).
   * At most `parallel` parts are in memory at once during an upload.
+  * The staging file is a named `journal.Record`; `on_change` (set by the
+    owner, synchronous) re-writes its journal record whenever recovery would
+    need different facts: the file became dirty, a block below
+    `source_limit` was written for the first time (`written`), it was
+    truncated, a multipart upload started, or an upload left it still dirty.
+    A clean file has no record (see journal.py).
 """
 
 from __future__ import annotations
@@ -22,13 +28,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import tempfile
 from typing import Awaitable, Callable
 
 import trio
 
 from .concurrency import run_all
 from .errors import NoSpace, RemoteIOError
+from .journal import Record
 from .streaming import Stream
 
 log = logging.getLogger(__name__)
@@ -49,19 +55,25 @@ def part_size_for(size: int, configured: int) -> int:
 
 
 class Staging:
-    def __init__(self, directory: str, size: int, source_limit: int):
-        fd, path = tempfile.mkstemp(prefix="stage-", dir=directory)
-        os.unlink(path)  # nothing to clean after a crash; recovery of dirty data is future work
-        self.fd = fd
+    def __init__(self, record: Record, size: int, source_limit: int, base_etag: str | None = None,
+                 resize: bool = True):
+        self.record = record
+        self.fd = record.fd
         self.size = size
         self.source_limit = source_limit          # [0, source_limit) still comes from S3
+        self.base_etag = base_etag                # the S3 version [0, source_limit) comes from
         self.present: set[int] = set()
+        self.written: set[int] = set()            # blocks below source_limit changed locally
         self.fetching: dict[int, trio.Event] = {}
         self.generation = 0
         self.clean_generation = 0
         self.upload_lock = trio.Lock()
         self.stream: Stream | None = None     # streaming multipart upload in progress
-        os.ftruncate(fd, size)
+        self.uploads: set[str] = set()        # multipart upload ids not yet completed or aborted
+        self.on_change: Callable[[], None] | None = None
+        self.failed = False                   # the last upload failed (background retry)
+        if resize:
+            os.ftruncate(self.fd, size)
 
     # ---- state -----------------------------------------------------------
     @property
@@ -69,11 +81,32 @@ class Staging:
         return self.generation != self.clean_generation
 
     def mark_dirty(self) -> None:
+        was_clean = not self.dirty
         self.generation += 1
+        if was_clean:
+            self._journal()
+
+    def mark_clean(self) -> None:
+        """Nothing of this file needs saving any more (uploaded, or unlinked)."""
+        self.clean_generation = self.generation
+        self.record.clear()
+
+    def _journal(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def track_upload(self, upload_id: str, active: bool) -> None:
+        """A multipart upload of this file started (recorded for crash cleanup) or ended."""
+        if active:
+            self.uploads.add(upload_id)
+            if self.dirty:
+                self._journal()
+        else:
+            self.uploads.discard(upload_id)
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            self.record.discard()
             self.fd = -1
 
     def _needs_fetch(self, block: int) -> bool:
@@ -155,7 +188,12 @@ class Staging:
         self._pwrite(data, offset)
         self.size = max(self.size, end)
         self.present.update(range(first, last + 1))
-        self.mark_dirty()
+        fresh = [b for b in range(first, min(last + 1, -(-self.source_limit // BLOCK))) if b not in self.written]
+        self.written.update(fresh)
+        was_clean = not self.dirty
+        self.generation += 1
+        if was_clean or fresh:
+            self._journal()
         if self.stream is not None:
             self.stream.note_write(offset, end, self.generation)
         return len(data)
@@ -178,10 +216,12 @@ class Staging:
             raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
         self.source_limit = min(self.source_limit, new_size)
         self.present = {b for b in self.present if b * BLOCK < new_size}
+        self.written = {b for b in self.written if b * BLOCK < self.source_limit}
         if self.stream is not None:
             self.stream.abandoned = "truncated while streaming"
         self.size = new_size
-        self.mark_dirty()
+        self.generation += 1
+        self._journal()
 
     # ---- upload ------------------------------------------------------------
     async def upload(self, client, key: str, metadata: dict[str, str], fetch: Fetch,
@@ -192,22 +232,31 @@ class Staging:
             await self.ensure(0, self.size, fetch, parallel)
             size = self.size
             stream, self.stream = self.stream, None
+            etag = None
             if stream is not None:
                 etag = await self._finish_stream(stream, key, size, metadata)
-                if etag is not None:
-                    self.clean_generation = generation
-                    return etag
-            if size <= multipart_threshold:
-                data = os.pread(self.fd, size, 0) if size else b""
-                if len(data) != size:
-                    raise RemoteIOError("staging file shorter than the file size")
-                etag = await client.put(key, data, metadata, content_type)
-            else:
-                etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel, content_type)
-            self.clean_generation = generation
-            # everything below `size` is now local and equals what S3 holds
-            self.source_limit = 0
+            if etag is None:
+                if size <= multipart_threshold:
+                    data = os.pread(self.fd, size, 0) if size else b""
+                    if len(data) != size:
+                        raise RemoteIOError("staging file shorter than the file size")
+                    etag = await client.put(key, data, metadata, content_type)
+                else:
+                    etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
+                                                 content_type)
+            self._uploaded(generation, etag)
             return etag
+
+    def _uploaded(self, generation: int, etag: str | None) -> None:
+        self.clean_generation = generation
+        # everything below `size` is now local and equals what S3 holds
+        self.source_limit = 0
+        self.written.clear()
+        self.base_etag = etag
+        if self.dirty:
+            self._journal()         # changed during the upload: the record now points at `etag`
+        else:
+            self.record.clear()
 
     async def _finish_stream(self, stream: Stream, key: str, size: int, metadata: dict[str, str]) -> str | None:
         """Complete a streaming upload; None when it cannot be used (then it is aborted)."""
@@ -228,6 +277,7 @@ class Staging:
         count = (size + part - 1) // part
         etags = [""] * count
         upload_id = await client.create_multipart(key, metadata, content_type)
+        self.track_upload(upload_id, True)
         async def one(index: int) -> None:
             start = index * part
             length = min(part, size - start)
@@ -237,8 +287,11 @@ class Staging:
             etags[index] = await client.upload_part(key, upload_id, index + 1, data)
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
-            return await client.complete_multipart(key, upload_id, etags)
+            etag = await client.complete_multipart(key, upload_id, etags)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await client.abort_multipart(key, upload_id)
+            self.track_upload(upload_id, False)
             raise
+        self.track_upload(upload_id, False)
+        return etag
