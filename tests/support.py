@@ -50,6 +50,16 @@ def tail(path: os.PathLike | str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def timed(fn) -> tuple[int | None, float]:
+    """(errno of the OSError fn raised, or None; seconds it took)."""
+    started = time.monotonic()
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno, time.monotonic() - started
+    return None, time.monotonic() - started
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout

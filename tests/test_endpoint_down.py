@@ -8,18 +8,11 @@ import time
 
 import pytest
 
+from support import timed
+
 pytestmark = pytest.mark.mounted
 
 BOUND = 20   # seconds: retries=2, connect_timeout=1, readwrite_timeout=2, request_timeout=4 (+ kernel slack)
-
-
-def timed(fn):
-    started = time.monotonic()
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno, time.monotonic() - started
-    return None, time.monotonic() - started
 
 
 @pytest.mark.parametrize("failure", ["refuse", "stall"])

@@ -28,6 +28,7 @@ import pytest
 import trio
 
 import support
+from support import timed
 from s3pyfs.credentials import StaticKeys
 from s3pyfs.errors import RemoteIOError
 from s3pyfs.reader import ObjectReader
@@ -45,16 +46,6 @@ def sha(data: bytes) -> str:
 def stored(s3, bucket: str, key: str) -> bytes:
     """The object as SeaweedFS has it, read without the proxy."""
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def timed(fn):
-    """(errno or None, seconds) of calling fn."""
-    started = time.monotonic()
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno, time.monotonic() - started
-    return None, time.monotonic() - started
 
 
 def settings(seaweed, proxy, bucket: str, **overrides) -> ClientSettings:
