@@ -18,8 +18,10 @@ Invariants:
     ETag compared), and an object replaced meanwhile is a RemoteIOError
     saying so.
   * Uploads are verified: PutObject and UploadPart send Content-MD5 (the
-    server refuses a body damaged on the way), and a returned ETag that is a
-    plain MD5 must be the MD5 of what was sent.
+    server refuses a body damaged on the way, BadDigest, sent again).
+  * Plain-looking ETags are taken for MD5s until the store proves otherwise
+    (an upload it accepted with Content-MD5 answered with another ETag, or
+    the same bytes twice for one ETag): then, logged once, no longer compared.
   * Errors leave here only as `errors.FSError` subclasses: NoSuchKey -> NotFound,
     AccessDenied -> AccessDenied, everything else -> RemoteIOError with the
     S3 error code (never the credentials) in the message.
@@ -160,17 +162,6 @@ async def _md5(data: bytes) -> bytes:
     return await trio.to_thread.run_sync(lambda: hashlib.md5(data).digest())
 
 
-async def _check_body(what: str, r: Mapping[str, Any], data: bytes) -> None:
-    """DamagedBody unless `data` is what the GET answer `r` announced."""
-    expected = int(r.get("ContentLength", len(data)))
-    if len(data) != expected:
-        raise DamagedBody(f"{what}: short body ({len(data)} of {expected} bytes)")
-    if _md5_is_etag(r) and _whole_object(r, data):
-        digest = (await _md5(data)).hex()
-        if digest != _etag(r["ETag"]).lower():
-            raise DamagedBody(f"{what}: body does not match its ETag (MD5 {digest}), damaged in transit")
-
-
 def _error_code(exc: ClientError) -> str:
     err = exc.response.get("Error", {})
     return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -271,6 +262,7 @@ class S3Client:
         self._loop = loop
         self.settings = settings
         self.bucket = settings.bucket
+        self.etags_are_md5 = True      # until the store shows otherwise (`_etag_not_md5`)
 
     async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0,
                   check: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> Any:
@@ -317,6 +309,33 @@ class S3Client:
         metrics.counters.s3_done(what, "ok", started, sent, _retries(result) + ours)
         return result
 
+    def _etag_not_md5(self, what: str, etag: str, digest: str) -> None:
+        """Some stores (e.g. with encryption or compression) give plain-looking ETags that are
+        no MD5: stop comparing them for this mount, once the evidence is consistent."""
+        if self.etags_are_md5:
+            log.warning("%s: the store's ETag %s is not the MD5 %s of the bytes it holds; "
+                        "ETags of this store are not compared with MD5s from now on", what, etag, digest)
+        self.etags_are_md5 = False
+
+    async def _check_body(self, what: str, r: Mapping[str, Any], data: bytes, wrong: set[str]) -> None:
+        """DamagedBody unless `data` is what the GET answer `r` announced.
+
+        `wrong`: MD5s of earlier tries that did not match the ETag; the same wrong
+        bytes twice are not damage in transit but an ETag that is no MD5."""
+        expected = int(r.get("ContentLength", len(data)))
+        if len(data) != expected:
+            raise DamagedBody(f"{what}: short body ({len(data)} of {expected} bytes)")
+        if not (self.etags_are_md5 and _md5_is_etag(r) and _whole_object(r, data)):
+            return
+        digest, etag = (await _md5(data)).hex(), _etag(r["ETag"]).lower()
+        if digest == etag:
+            return
+        if digest in wrong:
+            self._etag_not_md5(what, etag, digest)
+            return
+        wrong.add(digest)
+        raise DamagedBody(f"{what}: body does not match its ETag (MD5 {digest}), damaged in transit")
+
     async def head(self, key: str) -> ObjectInfo | None:
         """Object info with user metadata, or None when the key does not exist."""
         try:
@@ -328,6 +347,7 @@ class S3Client:
 
     async def _get(self, key: str, etag: str | None = None, **kwargs) -> tuple[dict, bytes]:
         """GET with its body checked (`_check_body`); pinned to `etag` when given."""
+        wrong: set[str] = set()
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
         what = f"GET {key} {kwargs.get('Range', '')}".rstrip()
@@ -341,7 +361,7 @@ class S3Client:
             r, data = result
             if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
                 raise ObjectChanged(f"{what}: {_CHANGED}")
-            await _check_body(what, r, data)
+            await self._check_body(what, r, data, wrong)
         r, data = await self._do(what, op, check=check)
         metrics.counters.s3_received(len(data))
         return r, data
@@ -361,9 +381,9 @@ class S3Client:
         """`call(content_md5)` sending `body`; its returned ETag, if a plain MD5, must match."""
         digest = await _md5(body)
         r = await self._do(what, lambda: call(base64.b64encode(digest).decode()), sent=len(body))
-        if _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest.hex():
-            raise RemoteIOError(f"{what}: the store answered ETag {_etag(r['ETag'])} for data with MD5 "
-                                f"{digest.hex()}: not stored as sent")
+        if self.etags_are_md5 and _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest.hex():
+            # the store accepted our Content-MD5, so the bytes arrived whole: its ETags are no MD5s
+            self._etag_not_md5(what, _etag(r["ETag"]), digest.hex())
         return r
 
     async def put(self, key: str, body: bytes, metadata: dict[str, str], content_type: str | None = None) -> str | None:

@@ -14,8 +14,8 @@ Faults (`Fault.kind`):
   reset_request   read the head and half of the body, then reset (RST) the connection
   reset_response  forward, send the response head and half the body, then reset
   short_body      forward, send the head with the full Content-Length, half the body, close
-  corrupt         forward, flip one byte in the middle of the response body
-  corrupt_request flip one byte in the middle of the request body, then forward
+  corrupt         forward, flip a bit of one byte of the response body (random place)
+  corrupt_request flip a bit of one byte of the request body (random place), then forward
   delay           forward, hold the response for `delay` seconds
   error500        answer 500 InternalError (S3 XML body) without asking the server
   slowdown        answer 503 SlowDown (S3 XML body) without asking the server
@@ -160,9 +160,8 @@ def _read_body(conn: _Conn, headers: dict[str, str], until_close: bool = False) 
     return conn.read_to_end() if until_close else b""
 
 
-def _flip_middle(body: bytes) -> bytes:
-    middle = len(body) // 2
-    return body[:middle] + bytes([body[middle] ^ 0x01]) + body[middle + 1:]
+def _flip(body: bytes, at: int) -> bytes:
+    return body[:at] + bytes([body[at] ^ 0x01]) + body[at + 1:]
 
 
 def _reset(sock: socket.socket) -> None:
@@ -269,6 +268,12 @@ class FaultProxy(TcpProxy):
             self.seen.append((request.method, target, chosen.kind if chosen else None))
             return chosen
 
+    def _damaged(self, body: bytes) -> bytes:
+        """`body` with one bit flipped at a random (seeded) place: each damage differs."""
+        with self._lock:
+            at = self._rng.randrange(len(body))
+        return _flip(body, at)
+
     def _done(self, fault: Fault, applied: bool = True) -> None:
         """Count a fault that really happened; give the budget back when it could not apply."""
         with self._lock:
@@ -295,7 +300,7 @@ class FaultProxy(TcpProxy):
         if kind == "corrupt_request":
             applied = len(body) > 1 and "content-length" in request.headers
             self._done(fault, applied)
-            body = _flip_middle(body) if applied else body
+            body = self._damaged(body) if applied else body
         if up is None:
             up = _Conn(socket.create_connection(self.target, timeout=60))
             self._track(up.sock)
@@ -328,7 +333,7 @@ class FaultProxy(TcpProxy):
                 down.sock.shutdown(socket.SHUT_RDWR)
             return None
         if kind == "corrupt" and plain:
-            body = _flip_middle(body)
+            body = self._damaged(body)
         down.sock.sendall(head + body)
         if headers.get("connection", "").lower() == "close" or not (
                 "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")):
