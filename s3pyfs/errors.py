@@ -99,7 +99,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1        # unexpected internal error
 EXIT_USAGE = 2          # bad command line or -o option
 EXIT_CREDENTIALS = 3    # credentials missing/invalid, secret file unsafe
-EXIT_UNREACHABLE = 4    # endpoint or bucket unreachable / missing / denied
+EXIT_UNREACHABLE = 4    # endpoint unreachable or bucket missing (access denied is EXIT_CREDENTIALS)
 EXIT_MOUNT = 5          # mount point invalid or the kernel mount failed
 EXIT_DIRTY = 6          # unmounted, but some written data could not be uploaded
 

@@ -91,6 +91,11 @@ class Staging:
         self.clean_generation = self.generation
         self.record.clear()
 
+    def journal_changed(self) -> None:
+        """Facts recovery needs changed (for the owner: metadata); a no-op when clean."""
+        if self.dirty:
+            self._journal()
+
     def _journal(self) -> None:
         if self.on_change is not None:
             self.on_change()

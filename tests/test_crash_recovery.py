@@ -69,6 +69,7 @@ def test_sigkill_before_close_then_next_mount_uploads_the_data(s3, bucket, mount
     patch = b"P" * 5000
     fd_new = os.open(m.path / "new.bin", os.O_WRONLY | os.O_CREAT, 0o640)
     os.write(fd_new, new_data)
+    os.chmod(m.path / "new.bin", 0o604)                               # metadata changed while dirty
     fd_big = os.open(m.path / "big.bin", os.O_WRONLY)
     os.pwrite(fd_big, patch, 2 * 1024 * 1024 - 100)                  # straddles a block boundary
     kill_mount(m)
@@ -81,7 +82,7 @@ def test_sigkill_before_close_then_next_mount_uploads_the_data(s3, bucket, mount
     expected = bytearray(original)
     expected[2 * 1024 * 1024 - 100:2 * 1024 * 1024 - 100 + len(patch)] = patch
     assert object_bytes(s3, bucket, "big.bin") == bytes(expected)
-    assert s3.head_object(Bucket=bucket, Key="new.bin")["Metadata"]["mode"] == str(0o100640)
+    assert s3.head_object(Bucket=bucket, Key="new.bin")["Metadata"]["mode"] == str(0o100604)
     assert not pending_records(stage)
     assert "uploaded new.bin" in m2.log_text()
     assert (m2.path / "new.bin").read_bytes() == new_data
