@@ -50,7 +50,7 @@ class AttributeOps(FileOps):
         self._writable()
         now = now_ns()
         attrs = node.attrs
-        changed_meta = any(v is not None for v in (mode, uid, gid, atime_ns, mtime_ns))
+        before = (attrs.mode, attrs.uid, attrs.gid, attrs.atime_ns, attrs.mtime_ns)
         if mode is not None:
             attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
         if uid is not None:
@@ -64,6 +64,8 @@ class AttributeOps(FileOps):
         if (atime_ns is not None or mtime_ns is not None) and node.staging is not None \
                 and node.staging.stream is not None:
             node.staging.stream.explicit_times = True
+        # a change to the values already stored (tar's chmod after mkdir) costs no request
+        changed_meta = (attrs.mode, attrs.uid, attrs.gid, attrs.atime_ns, attrs.mtime_ns) != before
         if changed_meta:
             attrs.ctime_ns = now
         if size is not None:

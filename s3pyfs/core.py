@@ -120,8 +120,8 @@ class CoreBase:
         return node.staging is not None or not node.in_s3 or node.expires > time.monotonic()
 
     def _fetcher(self, node: Node):
-        async def fetch(start: int, end: int) -> bytes:
-            return await self.client.get_range(self.inodes.file_key(node), start, end)
+        async def fetch(start: int, end: int, etag: str | None = None) -> bytes:
+            return await self.client.get_range(self.inodes.file_key(node), start, end, etag=etag)
         return fetch
 
     def _attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:

@@ -64,8 +64,10 @@ class FileOps(CoreBase):
 
     def _new_reader(self, node: Node) -> ObjectReader:
         store = self.disk_cache.bind(self.inodes.file_key(node), node.attrs.etag) if self.disk_cache else None
+        # pinned to the version seen at open: a replaced object gives EIO, never a mix
         return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn, store=store,
-                            part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel))
+                            part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel),
+                            etag=node.attrs.etag)
 
     def _staging_for(self, node: Node) -> Staging:
         if node.staging is None:

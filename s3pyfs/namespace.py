@@ -42,17 +42,20 @@ def valid_name(name: str) -> bool:
 async def probe(client: S3Client, cache: StatCache, dir_prefix: str, name: str) -> Found | None:
     """What `name` in the directory `dir_prefix` is, or None if nothing.
 
-    With the stat cache on, the first lookup in a directory lists it (one page):
-    a complete listing then answers every lookup there, found or not, until it
-    expires; a directory larger than a page is probed name by name instead.
+    With the stat cache on, a lookup in a directory whose listing is older than
+    the negative TTL lists it again (one page): that listing then answers every
+    lookup there, found or not, until it ages; a directory larger than a page is
+    probed name by name instead.
     """
     key = dir_prefix + name
     if cache.is_missing(key):
         return None
     trusted = cache.listing(dir_prefix)                    # young enough to say "absent"
+    if trusted is None and cache.enabled and not cache.is_large(dir_prefix):
+        # one LIST answers this and every other name there for a while (a name-by-name
+        # probe costs three requests: HEAD file, HEAD marker, LIST children)
+        trusted = await list_small_directory(client, cache, dir_prefix)
     listing = trusted if trusted is not None else cache.listing(dir_prefix, max_age=cache.ttl)
-    if listing is None and cache.enabled and not cache.is_large(dir_prefix):
-        listing = trusted = await list_small_directory(client, cache, dir_prefix)
     if listing is not None:
         entry = listing.get(name)
         if entry is None and trusted is not None:
