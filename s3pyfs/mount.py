@@ -34,7 +34,7 @@ import sys
 import pyfuse3
 import trio
 
-from . import __version__, journal, metrics, recovery
+from . import __version__, journal, kernel, metrics, recovery
 from .concurrency import background_spawner
 from .credentials import resolve_static_keys
 from .disk_cache import DiskCache
@@ -235,6 +235,17 @@ async def _watch_signals(fs: Filesystem, stopping: list[bool]) -> None:
             return
 
 
+async def _raise_read_ahead(mountpoint: str, kib: int) -> None:
+    """Set the mount's read-ahead once the kernel has applied FUSE's INIT reply (which
+    lowers it to what it offered, 128 KiB); the first requests are served by then."""
+    # never stat the mount point itself: resolve only its parent
+    parent, name = os.path.split(mountpoint.rstrip("/"))
+    path = os.path.join(os.path.realpath(parent), name)
+    for delay in (0.5, 2.0):
+        await trio.sleep(delay)
+        kernel.set_read_ahead(path, kib)
+
+
 def setup_logging_reopen() -> None:
     """SIGHUP: reopen logfile= (after logrotate moved or removed it)."""
     for handler in logging.getLogger().handlers:
@@ -289,6 +300,8 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 nursery.start_soon(_watch_signals, fs, stopping)
                 nursery.start_soon(monitor.publish)
                 nursery.start_soon(fs.retry_failed_uploads)
+                if opts.read_ahead_kb:
+                    nursery.start_soon(_raise_read_ahead, opts.mountpoint, opts.read_ahead_kb)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
         finally:

@@ -111,6 +111,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("connect_timeout", "connect_timeout", v.number(0.1, 600), "seconds to connect to the endpoint (default 5)"),
     Option("readwrite_timeout", "readwrite_timeout", v.number(0.1, 3600), "seconds of silence on a connection before it is given up (default 30)"),
     Option("request_timeout", "request_timeout", v.number(1, 86400), "upper bound in seconds of one S3 call with all its retries (default 120)"),
+    Option("read_ahead_kb", "read_ahead_kb", v.whole(0, 1024 * 1024), "KiB the kernel reads ahead of sequential readers of this mount (default 1024; 0 keeps the kernel's 128); needs root"),
     Option("drain_timeout", "drain_timeout", v.number(1, 86400), "seconds unmount/SIGTERM (and recovery at start) spend uploading dirty data (default 120); what is left stays in the journal for the next mount"),
     # --- log
     Option("logfile", "logfile", v.text, "write the log to this file instead of stderr/syslog; SIGHUP reopens it"),
@@ -224,6 +225,7 @@ class MountOptions:
     readwrite_timeout: float = 30.0
     request_timeout: float = 120.0
     drain_timeout: float = 120.0
+    read_ahead_kb: int = 1024
     logfile: str | None = None
     log_level: str = "WARNING"
     instance_name: str | None = None

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from . import kernel
 from .metrics import stats_paths
 
 HEALTHY, DEGRADED, NOT_MOUNTED = 0, 1, 2
@@ -31,26 +32,10 @@ USAGE = ("usage: s3pyfs status MOUNTPOINT [--json] [--window SECONDS] [--max-dir
          "[--degraded-ok]")
 
 
-def _unescape_mountinfo(field: str) -> str:
-    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def mounted_fstype(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+def mounted_fstype(mountpoint: str, mountinfo: str = kernel.MOUNTINFO) -> str | None:
     """The filesystem type mounted at `mountpoint` (the last mount there), or None."""
-    found = None
-    try:
-        with open(mountinfo) as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 5 or _unescape_mountinfo(fields[4]) != mountpoint:
-                    continue
-                try:
-                    found = fields[fields.index("-", 6) + 1]
-                except (ValueError, IndexError):
-                    continue
-    except OSError:
-        return None
-    return found
+    entry = kernel.mount_entry(mountpoint, mountinfo)
+    return entry[1] if entry else None
 
 
 def _alive(pid: int) -> bool:

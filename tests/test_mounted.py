@@ -17,6 +17,8 @@ import urllib.parse
 
 import pytest
 
+import support
+
 pytestmark = pytest.mark.mounted
 
 MiB = 1024 * 1024
@@ -452,3 +454,14 @@ def test_streamed_file_of_whole_parts_sends_each_part_once(s3, bucket, mount, pr
     (m.path / "whole.bin").write_bytes(data)
     assert obj_body(s3, bucket, "whole.bin") == data
     assert proxy.bytes_up - before < len(data) + MiB    # no part sent twice
+
+
+def test_read_ahead_of_the_mount_is_raised_for_sequential_readers(bucket, mount):
+    """The kernel's FUSE default (128 KiB) splits sequential reads into small requests."""
+    def read_ahead(m):
+        device = os.stat(m.path).st_dev
+        path = f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb"
+        return int(open(path).read())
+    default, custom = mount(bucket), mount(bucket, "read_ahead_kb=4096")
+    assert support.wait_until(lambda: read_ahead(default) == 1024, timeout=10), read_ahead(default)
+    assert support.wait_until(lambda: read_ahead(custom) == 4096, timeout=10), read_ahead(custom)
