@@ -41,7 +41,7 @@ modes = st.sampled_from((0o600, 0o644, 0o640, 0o755, 0o700))
 # Dangling targets: every operation that follows the link fails with ENOENT.
 targets = st.sampled_from(("/nonexistent-s3pyfs/t", "../nonexistent-x/y", "nonexistent-z/w"))
 
-SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, stateful_step_count=50, deadline=None, derandomize=True,
                     database=None, phases=(Phase.explicit, Phase.generate),
                     suppress_health_check=list(HealthCheck))
 
