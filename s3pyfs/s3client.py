@@ -34,6 +34,7 @@ import asyncio
 import base64
 import dataclasses
 import functools
+import io
 import hashlib
 import logging
 import random
@@ -156,10 +157,32 @@ def _whole_object(r: Mapping[str, Any], data: bytes) -> bool:
     return content_range == f"bytes 0-{len(data) - 1}/{len(data)}"
 
 
-async def _md5(data: bytes) -> bytes:
-    if len(data) < HASH_IN_THREAD:
-        return hashlib.md5(data).digest()
-    return await trio.to_thread.run_sync(lambda: hashlib.md5(data).digest())
+Body = bytes | io.BytesIO      # an upload body; a BytesIO is sent from its own buffer, uncopied
+
+
+def _view(data: Body):
+    return data.getbuffer() if isinstance(data, io.BytesIO) else memoryview(data)
+
+
+async def _md5(data: Body) -> bytes:
+    def digest() -> bytes:
+        with _view(data) as view:
+            return hashlib.md5(view).digest()
+    if _body_len(data) < HASH_IN_THREAD:
+        return digest()
+    return await trio.to_thread.run_sync(digest)
+
+
+def _body_len(data: Body) -> int:
+    with _view(data) as view:
+        return view.nbytes
+
+
+def _rewound(body: Body) -> Body:
+    """The body ready to be sent (again: retries send it from the start)."""
+    if isinstance(body, io.BytesIO):
+        body.seek(0)
+    return body
 
 
 def _error_code(exc: ClientError) -> str:
@@ -377,19 +400,23 @@ class S3Client:
     async def get_all(self, key: str, etag: str | None = None) -> bytes:
         return (await self._get(key, etag))[1]
 
-    async def _verified_upload(self, what: str, body: bytes, call: Callable[[str], Coroutine[Any, Any, Any]]) -> dict:
-        """`call(content_md5)` sending `body`; its returned ETag, if a plain MD5, must match."""
+    async def _verified_upload(self, what: str, body: Body, call: Callable[[str], Coroutine[Any, Any, Any]]) -> dict:
+        """`call(content_md5)` sending `body`; its returned ETag, if a plain MD5, must match.
+
+        Bodies of staging data come as a BytesIO owning its buffer: botocore would wrap
+        bytes in a BytesIO whose buffer aiohttp then copies, doubling the memory of
+        every part in flight."""
         digest = await _md5(body)
-        r = await self._do(what, lambda: call(base64.b64encode(digest).decode()), sent=len(body))
+        r = await self._do(what, lambda: call(base64.b64encode(digest).decode()), sent=_body_len(body))
         if self.etags_are_md5 and _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest.hex():
             # the store accepted our Content-MD5, so the bytes arrived whole: its ETags are no MD5s
             self._etag_not_md5(what, _etag(r["ETag"]), digest.hex())
         return r
 
-    async def put(self, key: str, body: bytes, metadata: dict[str, str], content_type: str | None = None) -> str | None:
+    async def put(self, key: str, body: Body, metadata: dict[str, str], content_type: str | None = None) -> str | None:
         kwargs = {"ContentType": content_type} if content_type else {}
         r = await self._verified_upload(f"PUT {key}", body, lambda md5: self._c.put_object(
-            Bucket=self.bucket, Key=key, Body=body, Metadata=metadata, ContentMD5=md5, **kwargs))
+            Bucket=self.bucket, Key=key, Body=_rewound(body), Metadata=metadata, ContentMD5=md5, **kwargs))
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
@@ -398,9 +425,9 @@ class S3Client:
             Bucket=self.bucket, Key=key, Metadata=metadata, **kwargs))
         return r["UploadId"]
 
-    async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, number: int, data: Body) -> str:
         r = await self._verified_upload(f"UploadPart {key} #{number}", data, lambda md5: self._c.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data, ContentMD5=md5))
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=_rewound(data), ContentMD5=md5))
         return r["ETag"]
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,

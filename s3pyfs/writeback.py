@@ -35,7 +35,7 @@ import trio
 from .concurrency import run_all
 from .errors import NoSpace, RemoteIOError
 from .journal import Record
-from .streaming import Stream
+from .streaming import Stream, read_part
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +242,7 @@ class Staging:
                 etag = await self._finish_stream(stream, key, size, metadata)
             if etag is None:
                 if size <= multipart_threshold:
-                    data = os.pread(self.fd, size, 0) if size else b""
-                    if len(data) != size:
-                        raise RemoteIOError("staging file shorter than the file size")
-                    etag = await client.put(key, data, metadata, content_type)
+                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
                                                  content_type)
@@ -286,10 +283,7 @@ class Staging:
         async def one(index: int) -> None:
             start = index * part
             length = min(part, size - start)
-            data = os.pread(self.fd, length, start)
-            if len(data) != length:
-                raise RemoteIOError("staging file shorter than the file size")
-            etags[index] = await client.upload_part(key, upload_id, index + 1, data)
+            etags[index] = await client.upload_part(key, upload_id, index + 1, read_part(self.fd, start, length))
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
             etag = await client.complete_multipart(key, upload_id, etags)
