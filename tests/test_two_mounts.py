@@ -4,7 +4,7 @@ Responsibility: close-to-open consistency between mounts, checked through FUSE o
 SeaweedFS.  A file closed on mount A is seen whole on mount B once B's caches have
 expired (stat_cache_expire / negative_cache_expire, both 1 s here), and a read on B
 is never a mix of two versions, even while A keeps replacing the object.  Creates,
-deletes and renames made on A show on B after the cache TTLs.
+deletes, renames and symlink switches made on A show on B after the cache TTLs.
 
 A handle whose object is replaced while it reads may also fail (ESTALE or EIO:
 S3 keeps no old version to finish the read from); it must never return a mix.
@@ -200,3 +200,15 @@ def test_file_open_on_b_keeps_reading_its_version_or_whole_new(bucket, mount):
         assert len(versions_in(head + rest)) == 1, "one handle read two versions"
     time.sleep(SETTLE)
     assert versions_in((b.path / "f").read_bytes()) == {2}
+
+
+def test_symlink_replaced_on_a_shows_new_target_on_b(bucket, mount):
+    """`ln -sfn` on A (switching a "current" link): B follows the new target after the TTL."""
+    a, b = two_mounts(mount, bucket)
+    os.symlink("release-1", a.path / "current")
+    time.sleep(SETTLE)
+    assert os.readlink(b.path / "current") == "release-1"
+    os.unlink(a.path / "current")
+    os.symlink("release-2", a.path / "current")
+    time.sleep(SETTLE)
+    assert os.readlink(b.path / "current") == "release-2"
