@@ -145,6 +145,8 @@ class CoreBase:
         ttl = self.cfg.stat_ttl
         if node is not None and node.attrs.kind == attrs.kind:
             if node.staging is None:
+                if node.attrs.etag != attrs.etag:
+                    node.symlink_target = None      # replaced: a link's target may differ now
                 node.attrs = attrs
             node.expires = time.monotonic() + ttl
         else:
@@ -225,6 +227,7 @@ class CoreBase:
                     # replaced remotely by an object of another type; report it under this inode
                     node.attrs = refreshed.attrs
                     node.expires = refreshed.expires
+                    node.symlink_target = refreshed.symlink_target
         return node
 
     def _touch_dir(self, directory: Node) -> None:
