@@ -24,7 +24,7 @@ from cachetools import LRUCache
 
 from . import namespace
 from .disk_cache import DiskCache
-from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly
+from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadOnly, Stale
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
 from .journal import Journal
@@ -121,7 +121,11 @@ class CoreBase:
 
     def _fetcher(self, node: Node):
         async def fetch(start: int, end: int, etag: str | None = None) -> bytes:
-            return await self.client.get_range(self.inodes.file_key(node), start, end, etag=etag)
+            try:
+                key = self.inodes.file_key(node)
+            except KeyError:
+                raise Stale(f"{node.name} was removed or replaced while open") from None
+            return await self.client.get_range(key, start, end, etag=etag)
         return fetch
 
     def _attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:

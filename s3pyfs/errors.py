@@ -79,6 +79,12 @@ class NoSpace(FSError):
     errno = _errno.ENOSPC
 
 
+class Stale(FSError):
+    """The file behind an open handle was removed or replaced and S3 keeps no old copy."""
+
+    errno = _errno.ESTALE
+
+
 class RemoteIOError(FSError):
     """S3 failed (network, 5xx after retries, timeout, unexpected answer)."""
 

@@ -174,14 +174,19 @@ class ObjectReader:
             await slot.done.wait()
 
     async def _fill(self, index: int, slot: _Part) -> None:
-        with slot.scope:
-            try:
-                slot.data = await self._block(self.part, index)
-            except FSError as exc:
-                slot.data, slot.error = None, exc
-        if slot.scope.cancelled_caught and slot.data is None and slot.error is None:
-            slot.cancelled = True
-        slot.done.set()
+        try:
+            with slot.scope:
+                try:
+                    slot.data = await self._block(self.part, index)
+                except FSError as exc:
+                    slot.data, slot.error = None, exc
+            if slot.scope.cancelled_caught and slot.data is None and slot.error is None:
+                slot.cancelled = True
+        except Exception as exc:            # a bug must fail the read, not leave it waiting
+            slot.data, slot.error = None, FSError(f"read-ahead failed: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            slot.done.set()
 
     def _discard(self, index: int) -> None:
         slot = self._parts.pop(index, None)
