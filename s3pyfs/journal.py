@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RECORD_VERSION = 1
 LOCK_NAME = "lock"
 LOST_AND_FOUND = "lost+found"
+SPARE_FILES = 64            # emptied staging files kept for reuse per mount
 
 
 def store_dir(base: str, endpoint: str | None, bucket: str) -> str:
@@ -53,10 +54,11 @@ def store_dir(base: str, endpoint: str | None, bucket: str) -> str:
 class Record:
     """One staging file and its journal record."""
 
-    def __init__(self, directory: str, stem: str, fd: int):
+    def __init__(self, directory: str, stem: str, fd: int, pool: list["Record"] | None = None):
         self.directory = directory
         self.stem = stem
         self.fd = fd
+        self.pool = pool            # the journal's spare files, or None (recovery)
         self.data_path = os.path.join(directory, stem + ".data")
         self.json_path = os.path.join(directory, stem + ".json")
 
@@ -91,11 +93,21 @@ class Record:
             self.fd = -1
 
     def discard(self) -> None:
-        """Close and delete the staging file and its record."""
+        """Close and delete the staging file and its record (or hand it back to the
+        journal's pool of spare files, emptied: creating and unlinking a file per
+        written file cost more than a small file's upload on overlay filesystems)."""
+        _remove(self.json_path)
+        if self.fd >= 0 and self.pool is not None and len(self.pool) < SPARE_FILES:
+            try:
+                os.ftruncate(self.fd, 0)
+                self.pool.append(Record(self.directory, self.stem, self.fd, self.pool))
+                self.fd = -1
+                return
+            except OSError:
+                pass
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        _remove(self.json_path)
         _remove(self.data_path)
 
 
@@ -110,6 +122,7 @@ class Journal:
             self._lock_fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._numbers = itertools.count(1)
+        self._spare: list[Record] = []     # emptied staging files kept open for reuse
 
     @classmethod
     def create(cls, store: str) -> "Journal":
@@ -119,6 +132,8 @@ class Journal:
         return cls(os.path.join(store, name))
 
     def new_record(self) -> Record:
+        if self._spare:
+            return self._spare.pop()
         while True:
             stem = str(next(self._numbers))
             path = os.path.join(self.directory, stem + ".data")
@@ -126,7 +141,7 @@ class Journal:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
-            return Record(self.directory, stem, fd)
+            return Record(self.directory, stem, fd, self._spare)
 
     def records(self) -> Iterator[Record]:
         """Records left in this directory (recovery); staging files without a record
@@ -152,6 +167,9 @@ class Journal:
     def close(self) -> None:
         """End of the mount: drop clean staging files; remove the directory when nothing
         unsaved is left, else keep it (unlocked) for the next mount to recover."""
+        for record in self._spare:
+            record.release()
+        self._spare.clear()
         for name in os.listdir(self.directory):
             stem, _, ext = name.partition(".")
             if ext == "data" and not os.path.exists(os.path.join(self.directory, stem + ".json")):

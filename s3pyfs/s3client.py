@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import dataclasses
 import functools
 import io
@@ -51,6 +52,7 @@ from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
                                  PartialCredentialsError, ResponseStreamingError)
+from botocore.utils import parse_timestamp
 
 from . import metrics
 from .concurrency import run_all
@@ -528,9 +530,22 @@ class S3Client:
             raise CredentialsError(f"bucket {self.bucket}: {exc}") from None
 
 
+def _parse_timestamp(value):
+    """LastModified of listings is ISO 8601, which the stdlib parses ~50x faster than
+    botocore's dateutil-based default (that parsing was a tenth of the mount's CPU while
+    re-listing a growing directory); anything else goes to botocore's parser."""
+    if isinstance(value, str) and "T" in value:
+        try:
+            return datetime.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return parse_timestamp(value)
+
+
 @asynccontextmanager
 async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
     session = get_session()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
     if settings.profile:
         session.set_config_variable("profile", settings.profile)
     if settings.credential_providers is not None:
