@@ -118,6 +118,11 @@ class AttributeOps(FileOps):
 
     # ------------------------------------------------------------------ xattrs
     async def getxattr(self, ino: int, name: str) -> bytes:
+        if not name.startswith("user."):
+            # only user.* can be stored (setxattr): the kernel's security.capability probe
+            # before every write and ls's ACL probes cost no S3 request
+            self.node(ino)
+            raise NoAttribute(name)
         node = await self.getattr(ino)
         try:
             return node.attrs.xattrs[name]

@@ -206,6 +206,11 @@ class CoreBase:
 
     async def _probe(self, parent: Node, name: str, node: Node | None) -> Node | None:
         dir_prefix = self.inodes.dir_prefix(parent)
+        if node is not None and node.in_s3 and not node.is_dir:
+            # refreshing a known file (stat after the TTL): one HEAD, not the full probe
+            info = await self.client.head(dir_prefix + name)
+            if info is not None:
+                return self._apply_found(parent, name, namespace.classify_file(info))
         found = await namespace.probe(self.client, self.cache, dir_prefix, name)
         if found is None:
             if node is not None and node.open_handles == 0:
