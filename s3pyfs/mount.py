@@ -22,7 +22,6 @@ the fork writes to the caller's stdout/stderr except libfuse's own mount error.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import logging
 import logging.handlers
@@ -51,9 +50,6 @@ from .s3client import ClientSettings, open_client
 from . import selinux
 
 log = logging.getLogger("s3pyfs")
-
-M_TRIM_THRESHOLD = -1       # mallopt parameters (glibc malloc.h)
-M_MMAP_THRESHOLD = -3
 
 
 # ---------------------------------------------------------------------- checks before forking
@@ -372,23 +368,7 @@ def journal_store(opts: MountOptions, settings: ClientSettings) -> str:
     return journal.store_dir(os.path.abspath(base), settings.endpoint_url, opts.bucket)
 
 
-def bound_malloc() -> None:
-    """Make glibc return large buffers (S3 parts, read-ahead) to the system when freed.
-
-    glibc raises its mmap threshold after big buffers are freed, then serves the
-    next ones from the heap, which fragments and keeps peak RSS high (a 1 GiB
-    write peaked at 406 MiB, 233 MiB with a fixed threshold).  Setting the
-    threshold explicitly turns that adaptation off.  No-op without glibc."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
-        libc.mallopt(M_TRIM_THRESHOLD, 4 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
 def run(opts: MountOptions) -> int:
-    bound_malloc()
     check_mountpoint(opts)
     check_local_dirs(opts)
     warning = selinux.settle(opts)
