@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,15 +22,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import support  # noqa: E402  (tests/support.py)
-
-
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def pick_ports(count: int) -> list[int]:
@@ -49,7 +39,7 @@ def pick_ports(count: int) -> list[int]:
     for port in candidates:
         if port in ports or port + 10000 in ports or port - 10000 in ports:
             continue
-        if _free(port) and _free(port + 10000):
+        if support._port_is_free(port) and support._port_is_free(port + 10000):
             ports.append(port)
             if len(ports) == count:
                 return ports
