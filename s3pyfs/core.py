@@ -35,6 +35,15 @@ from .stat_cache import ListedEntry, StatCache
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 1024
+# a HEAD this long after the object's Last-Modified pins its version: a later change of the
+# headers alone (CopyObject in place) lands in a later second, so a listing shows it
+VERSION_SETTLED_NS = 2 * 1_000_000_000
+
+
+def object_version(etag: str | None, size: int, last_modified_ns: int) -> tuple[str | None, int, int]:
+    """What identifies one version of an object in both HEAD and LIST answers (HEAD's
+    Last-Modified has whole seconds only)."""
+    return etag, size, last_modified_ns // 1_000_000_000
 
 
 def now_ns() -> int:
@@ -160,7 +169,21 @@ class CoreBase:
         node.in_s3 = True
         if not attrs.is_symlink():
             node.symlink_target = None
+        info = found.info
+        settled = info is not None and 0 < info.last_modified_ns <= now_ns() - VERSION_SETTLED_NS
+        node.version = (object_version(info.etag, info.size, info.last_modified_ns)
+                        if settled and not found.is_dir and node.staging is None else None)
         return node
+
+    def _revalidate(self, node: Node, entry: ListedEntry | None, listed_at: float) -> bool:
+        """A stale file whose listing entry shows the version its headers came from is fresh
+        again (as of the listing) without a HEAD; True if so."""
+        if entry is None or entry.is_dir or node.version is None or node.staging is not None:
+            return False
+        if object_version(entry.etag, entry.size, entry.last_modified_ns) != node.version:
+            return False
+        node.expires = max(node.expires, listed_at + self.cfg.stat_ttl)
+        return self._fresh(node)
 
     def _node_from_listing(self, parent: Node, name: str, entry: ListedEntry) -> Node:
         """A node typed and sized by a listing; its other attributes are not verified yet
@@ -207,6 +230,9 @@ class CoreBase:
     async def _probe(self, parent: Node, name: str, node: Node | None) -> Node | None:
         dir_prefix = self.inodes.dir_prefix(parent)
         if node is not None and node.in_s3 and not node.is_dir:
+            cached = self.cache.timed_listing(dir_prefix, max_age=self.cfg.stat_ttl)
+            if cached is not None and self._revalidate(node, cached[1].get(name), cached[0]):
+                return node          # a recent listing shows the version its headers came from
             # refreshing a known file (stat after the TTL): one HEAD, not the full probe
             info = await self.client.head(dir_prefix + name)
             if info is not None:

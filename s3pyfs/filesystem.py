@@ -80,12 +80,21 @@ class Filesystem(AttributeOps):
         """The directory's entries (snapshot taken at the first call of this handle)."""
         handle = self.handles.dir(fh)
         if handle.entries is None:
-            handle.entries = await self._list(handle.node)
+            handle.entries, handle.verified = await self._list(handle.node)
         return handle.entries
 
-    async def _list(self, directory: Node) -> list[tuple[str, Node]]:
+    def entry_handed_out(self, fh: int, node: Node) -> None:
+        """readdir gives `node` to the kernel now.  If the handle's snapshot verified it, its
+        attributes count as fresh from now: `ls -l` stats each entry right after reading it,
+        and handing out a snapshot of 10,000 entries takes longer than `stat_ttl`."""
+        handle = self.handles.dir(fh)
+        if node.ino in handle.verified and node.in_s3 and node.staging is None:
+            node.expires = max(node.expires, time.monotonic() + self.cfg.stat_ttl)
+
+    async def _list(self, directory: Node) -> tuple[list[tuple[str, Node]], frozenset[int]]:
+        """The entries, sorted, and the inodes whose headers this listing verified."""
         dir_prefix = self.inodes.dir_prefix(directory)
-        listing = await self._listing_for_readdir(dir_prefix)
+        listed_at, listing = await self._listing_for_readdir(dir_prefix)
         names = set(listing)
         for child in self.inodes.children_of(directory.ino):
             if not child.in_s3 or child.staging is not None:
@@ -95,7 +104,7 @@ class Filesystem(AttributeOps):
         for name in names:
             node = self.inodes.child(directory.ino, name)
             entry = listing.get(name)
-            if node is not None and self._fresh(node):
+            if node is not None and (self._fresh(node) or self._revalidate(node, entry, listed_at)):
                 resolved[name] = node
             elif self.spawn is not None and entry is not None and \
                     (entry.is_dir or entry.size > MAX_SPECIAL_FILE_SIZE):
@@ -115,29 +124,34 @@ class Filesystem(AttributeOps):
             if node is not None:
                 resolved[name] = node
         await run_all((functools.partial(one, name) for name in to_head), LISTING_HEADS)
-        # a large directory takes a while to list: what it verified counts as fresh from now,
-        # so the stat() calls that follow a readdir (ls -l) do not fetch everything again
+        # a large directory takes longer to list than stat_ttl: what it verified counts as
+        # fresh from now, so the stat() calls that follow a readdir (ls -l) fetch nothing again
         fresh_until = time.monotonic() + self.cfg.stat_ttl
+        unverified = set(to_verify)
+        verified = frozenset(node.ino for name, node in resolved.items() if name not in unverified)
         for node in resolved.values():
-            if self._fresh(node):
+            if node.ino in verified and node.in_s3 and node.staging is None:
                 node.expires = max(node.expires, fresh_until)
         if to_verify:
             self.spawn(self._verify, directory, to_verify)
-        return sorted(resolved.items())
+        return sorted(resolved.items()), verified
 
-    async def _listing_for_readdir(self, dir_prefix: str) -> dict[str, ListedEntry]:
+    async def _listing_for_readdir(self, dir_prefix: str) -> tuple[float, dict[str, ListedEntry]]:
+        """(monotonic time it was taken, the directory's listing), cached or fresh."""
         for prefix, running in list(self._tree_listings.items()):
             if dir_prefix != prefix and dir_prefix.startswith(prefix):
                 await running.wait()              # an ancestor's recursive listing covers this one
-        listing = self.cache.listing(dir_prefix, max_age=self.cfg.stat_ttl)
-        if listing is None:
-            listing = await namespace.list_directory(self.client, dir_prefix)
-            self.cache.remember_listing(dir_prefix, listing)
-            subdirs = [dir_prefix + name + "/" for name, entry in listing.items() if entry.is_dir]
-            if self.spawn is not None and self.cache.enabled and any(self.cache.listing(p, max_age=self.cfg.stat_ttl) is None for p in subdirs):
-                self._tree_listings[dir_prefix] = trio.Event()
-                self.spawn(self._list_tree, dir_prefix)
-        return dict(listing)
+        cached = self.cache.timed_listing(dir_prefix, max_age=self.cfg.stat_ttl)
+        if cached is not None:
+            return cached[0], dict(cached[1])
+        listed_at = time.monotonic()
+        listing = await namespace.list_directory(self.client, dir_prefix)
+        self.cache.remember_listing(dir_prefix, listing)
+        subdirs = [dir_prefix + name + "/" for name, entry in listing.items() if entry.is_dir]
+        if self.spawn is not None and self.cache.enabled and any(self.cache.listing(p, max_age=self.cfg.stat_ttl) is None for p in subdirs):
+            self._tree_listings[dir_prefix] = trio.Event()
+            self.spawn(self._list_tree, dir_prefix)
+        return listed_at, dict(listing)
 
     async def _list_tree(self, dir_prefix: str) -> None:
         """One recursive listing instead of one per directory, for find/du/ls -R (background)."""

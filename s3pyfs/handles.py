@@ -31,6 +31,7 @@ class DirHandle:
     fh: int
     node: Node
     entries: list[tuple[str, Node]] | None = None   # snapshot taken at the first readdir
+    verified: frozenset[int] = frozenset()           # inodes whose headers the snapshot checked
 
 
 class HandleTable:

@@ -40,6 +40,9 @@ class Node:
     staging: object | None = None  # writeback.Staging while the file has local data
     symlink_target: str | None = None
     page_cache_etag: str | None = None   # ETag the kernel's page cache was filled from
+    # (etag, size, Last-Modified in whole seconds) of the object whose headers `attrs` hold:
+    # a listing showing the same version revalidates the node without a HEAD
+    version: tuple[str | None, int, int] | None = None
 
     @property
     def is_dir(self) -> bool:

@@ -211,6 +211,7 @@ class Operations(pyfuse3.Operations):
             name, node = entries[index]
             if node.ino not in self.fs.inodes.nodes:
                 continue          # removed since the listing was taken
+            self.fs.entry_handed_out(fh, node)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._entry(node), index + 1):
                 return
             self.fs.count_lookup(node)

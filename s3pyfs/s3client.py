@@ -1,4 +1,4 @@
-"""The narrow S3 API of s3pyfs; the only module that imports aiobotocore/botocore.
+"""The narrow S3 API of s3pyfs; with its helper s3fast.py the only module importing aiobotocore/botocore.
 
 Responsibility: S3 requests for one bucket.  aiobotocore runs with its aiohttp
 backend on an asyncio loop in a dedicated thread (`loop_thread.LoopThread`);
@@ -58,6 +58,7 @@ from . import metrics
 from .concurrency import run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
+from .s3fast import FALLBACK, FastPath
 from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
                      RemoteIOError, RemoteTimeout)
 
@@ -67,6 +68,7 @@ MAX_SINGLE_COPY = 5 * 1024**3        # CopyObject limit; larger objects use Uplo
 COPY_PART_SIZE = 512 * 1024**2
 DELETE_BATCH = 1000
 HASH_IN_THREAD = 256 * 1024          # bodies at least this large are hashed off the trio thread
+FAST_PUT_MAX = 1024 * 1024           # PUTs of bodies up to this size skip botocore's pipeline
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
@@ -288,6 +290,8 @@ class S3Client:
         self.settings = settings
         self.bucket = settings.bucket
         self.etags_are_md5 = True      # until the store shows otherwise (`_etag_not_md5`)
+        raw = client._client if isinstance(client, _WithRequestArgs) else client
+        self._fast = FastPath(raw, settings.bucket, settings.request_args)
 
     async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0,
                   check: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> Any:
@@ -363,9 +367,17 @@ class S3Client:
 
     async def head(self, key: str) -> ObjectInfo | None:
         """Object info with user metadata, or None when the key does not exist."""
+        async def op():
+            r = await self._fast.head(key)         # s3fast.py: botocore's pipeline skipped
+            if r is FALLBACK:
+                self._fast.learn_from(key)
+                r = await self._c.head_object(Bucket=self.bucket, Key=key)
+            return r
         try:
-            r = await self._do(f"HEAD {key}", lambda: self._c.head_object(Bucket=self.bucket, Key=key))
+            r = await self._do(f"HEAD {key}", op)
         except NotFound:
+            return None
+        if r is None:
             return None
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _etag(r.get("ETag")),
                           _ns(r.get("LastModified")), dict(r.get("Metadata") or {}), r.get("ContentType"))
@@ -417,8 +429,16 @@ class S3Client:
 
     async def put(self, key: str, body: Body, metadata: dict[str, str], content_type: str | None = None) -> str | None:
         kwargs = {"ContentType": content_type} if content_type else {}
-        r = await self._verified_upload(f"PUT {key}", body, lambda md5: self._c.put_object(
-            Bucket=self.bucket, Key=key, Body=_rewound(body), Metadata=metadata, ContentMD5=md5, **kwargs))
+
+        async def call(md5: str):
+            if _body_len(body) <= FAST_PUT_MAX:          # small files: s3fast.py
+                small = body.getvalue() if isinstance(body, io.BytesIO) else bytes(body)
+                r = await self._fast.put(key, small, md5, metadata, content_type)
+                if r is not FALLBACK:
+                    return r
+            return await self._c.put_object(Bucket=self.bucket, Key=key, Body=_rewound(body),
+                                            Metadata=metadata, ContentMD5=md5, **kwargs)
+        r = await self._verified_upload(f"PUT {key}", body, call)
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:

@@ -64,13 +64,18 @@ class StatCache:
     def listing(self, dir_prefix: str, max_age: float | None = None) -> dict[str, ListedEntry] | None:
         """The cached listing of a directory (name -> entry) not older than `max_age`
         (default: the negative TTL, since it may answer "absent"), or None."""
+        found = self.timed_listing(dir_prefix, max_age)
+        return None if found is None else found[1]
+
+    def timed_listing(self, dir_prefix: str, max_age: float | None = None) -> tuple[float, dict[str, ListedEntry]] | None:
+        """Like `listing`, with the monotonic time the listing was taken."""
         found = self._listed.get(dir_prefix) if self.enabled else None
         limit = self.negative_ttl if max_age is None else max_age
         if found is None or time.monotonic() - found[0] > limit:
             self.misses += 1
             return None
         self.hits += 1
-        return found[1]
+        return found
 
     def note_added(self, dir_prefix: str, name: str, entry: ListedEntry) -> None:
         """A name was created here: keep a cached listing of its directory complete."""

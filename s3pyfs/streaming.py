@@ -11,6 +11,9 @@ Invariants:
     older than its last write is uploaded again, so a random write behind the
     writer is never lost.
   * At most `parallel` parts are in flight (each holds one part in memory).
+  * `finish` first stops background parts from starting, then waits for those
+    in flight: a part is sent twice only when it was written again after its
+    upload started.
   * Any failure, a truncation or a rename marks the stream `abandoned`; the
     final upload then aborts it and uploads the whole file the ordinary way.
   * Times are left out of the upload's metadata: S3 sets LastModified at
@@ -76,6 +79,7 @@ class Stream:
         self.abandoned: str | None = None
         self.explicit_times = False     # utimens while streaming: times go in after completion
         self.writer_end = 0
+        self.finishing = False          # finish() took over: no more background parts
 
     def note_write(self, offset: int, end: int, generation: int) -> None:
         for index in range(offset // self.part, (end - 1) // self.part + 1):
@@ -84,7 +88,7 @@ class Stream:
 
     def kick(self, fd: int) -> None:
         """Start uploads of full parts the writer has moved past (non-blocking)."""
-        if self.abandoned:
+        if self.abandoned or self.finishing:
             return
         for index in range(self.writer_end // self.part):
             if len(self.inflight) >= self.parallel:
@@ -126,10 +130,26 @@ class Stream:
 
     async def finish(self, fd: int, size: int, metadata: dict[str, str]) -> str | None:
         """Complete the upload with every part current; raises FSError (caller aborts)."""
-        for event in list(self.inflight.values()):
-            await event.wait()
-        if self.abandoned:
-            raise RemoteIOError(f"streaming upload abandoned: {self.abandoned}")
+        # a part finishing meanwhile would start the next one (kick): stop that first, or
+        # finish() would send parts that are already on their way a second time
+        self.finishing = True
+        try:
+            await self._wait_inflight()
+            if self.abandoned:
+                raise RemoteIOError(f"streaming upload abandoned: {self.abandoned}")
+            etags = await self._final_parts(fd, size)
+        finally:
+            self.finishing = False
+        etag = await self.client.complete_multipart(self.key, self.upload_id, etags)
+        self.track(self.upload_id, False)
+        self.upload_id = None
+        if without_times(metadata) != self.metadata or self.explicit_times:
+            etag = await self.client.copy(self.key, self.key, size, metadata=metadata,
+                                          content_type=self.content_type, parallel=self.parallel) or etag
+        return etag
+
+    async def _final_parts(self, fd: int, size: int) -> list[str]:
+        """ETags of every part: streamed copies still current, the others sent now."""
         count = (size + self.part - 1) // self.part
         etags = [""] * count
 
@@ -143,18 +163,15 @@ class Stream:
             data = read_part(fd, index * self.part, length)
             etags[index] = await self.client.upload_part(self.key, upload_id, index + 1, data)
         await run_all((functools.partial(one, index) for index in range(count)), self.parallel)
-        etag = await self.client.complete_multipart(self.key, self.upload_id, etags)
-        self.track(self.upload_id, False)
-        self.upload_id = None
-        if without_times(metadata) != self.metadata or self.explicit_times:
-            etag = await self.client.copy(self.key, self.key, size, metadata=metadata,
-                                          content_type=self.content_type, parallel=self.parallel) or etag
-        return etag
+        return etags
+
+    async def _wait_inflight(self) -> None:
+        while self.inflight:
+            await next(iter(self.inflight.values())).wait()
 
     async def abort(self) -> None:
         self.abandoned = self.abandoned or "aborted"
-        for event in list(self.inflight.values()):
-            await event.wait()
+        await self._wait_inflight()
         if self.upload_id is not None:
             await self.client.abort_multipart(self.key, self.upload_id)
             self.track(self.upload_id, False)

@@ -359,3 +359,53 @@ async def test_rename_of_object_over_copy_limit_uses_multipart_copy(core, monkey
     assert head["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
     assert body(s3, bucket, "moved") == data
     assert "huge" not in keys(s3, bucket)
+
+
+def _heads() -> int:
+    from s3pyfs import metrics
+    return sum(n for (op, _outcome), n in metrics.counters.s3_requests.items() if op == "HEAD")
+
+
+async def test_relisting_revalidates_unchanged_files_without_heads_and_sees_changes(
+        moto_server, moto_bucket, tmp_path):
+    """`ls -l` again after the stat TTL: files the new listing shows unchanged keep their
+    headers without one HEAD each; a chmod or a rewrite by another client is seen."""
+    s3, bucket = moto_bucket
+    for i in range(20):
+        s3.put_object(Bucket=bucket, Key=f"d/f{i:02d}", Body=b"x" * i,
+                      Metadata={"mode": str(stat.S_IFREG | 0o640), "uid": "7", "gid": "8"})
+    settings = ClientSettings(bucket=bucket, endpoint_url=moto_server.endpoint, path_style=True,
+                              static_keys=_keys(), retries=2, request_timeout=30)
+    async with open_client(settings) as client:
+        fs = Filesystem(client, Config(defaults=Defaults(uid=1000, gid=1000),
+                                       staging_dir=str(tmp_path), stat_ttl=0.5))
+
+        async def ls_l(directory) -> dict:
+            handle = await fs.opendir(directory.ino)
+            entries = await fs.readdir(handle.fh)
+            result = {}
+            for name, _node in entries:
+                node = await fs.lookup(directory.ino, name)      # what the kernel does per stat
+                result[name] = (stat.S_IMODE(node.attrs.mode), node.attrs.uid, node.attrs.size)
+            await fs.releasedir(handle.fh)
+            return result
+
+        await trio.sleep(2.1)                 # Last-Modified settled: the version can be pinned
+        d = await fs.lookup(ROOT_INODE, "d")
+        first = await ls_l(d)
+        assert first["f03"] == (0o640, 7, 3) and len(first) == 20
+        await trio.sleep(0.6)                 # every entry is stale now
+        before = _heads()
+        assert await ls_l(d) == first
+        assert _heads() == before             # one LIST revalidated all 20
+
+        s3.copy_object(Bucket=bucket, Key="d/f03", CopySource={"Bucket": bucket, "Key": "d/f03"},
+                       Metadata={"mode": str(stat.S_IFREG | 0o600), "uid": "9", "gid": "8"},
+                       MetadataDirective="REPLACE")          # chmod + chown by another client
+        s3.put_object(Bucket=bucket, Key="d/f04", Body=b"rewritten")
+        await trio.sleep(0.6)
+        third = await ls_l(d)
+        assert third["f03"] == (0o600, 9, 3)
+        assert third["f04"] == (0o644, 1000, 9)
+        assert {k: v for k, v in third.items() if k not in ("f03", "f04")} == \
+            {k: v for k, v in first.items() if k not in ("f03", "f04")}
