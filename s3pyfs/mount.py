@@ -235,15 +235,21 @@ async def _watch_signals(fs: Filesystem, stopping: list[bool]) -> None:
             return
 
 
-async def _raise_read_ahead(mountpoint: str, kib: int) -> None:
-    """Set the mount's read-ahead once the kernel has applied FUSE's INIT reply (which
-    lowers it to what it offered, 128 KiB); the first requests are served by then."""
+def _read_ahead_setter(mountpoint: str, kib: int):
+    """A function setting the mount's read-ahead.  It must run after the kernel has applied
+    FUSE's INIT reply (which lowers it to what the kernel offered, 128 KiB) and before the
+    first open: a file keeps the read-ahead its open found (Operations.before_first_request)."""
     # never stat the mount point itself: resolve only its parent
     parent, name = os.path.split(mountpoint.rstrip("/"))
     path = os.path.join(os.path.realpath(parent), name)
+    return lambda: kernel.set_read_ahead(path, kib)
+
+
+async def _raise_read_ahead_later(setter) -> None:
+    """The same again shortly after the start, for a mount that gets no request at first."""
     for delay in (0.5, 2.0):
         await trio.sleep(delay)
-        kernel.set_read_ahead(path, kib)
+        setter()
 
 
 def setup_logging_reopen() -> None:
@@ -276,6 +282,8 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                                opts.drain_timeout)
         fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts), journal=jrnl)
         ops = Operations(fs)
+        if opts.read_ahead_kb:
+            ops.before_first_request = _read_ahead_setter(opts.mountpoint, opts.read_ahead_kb)
         monitor = metrics.Monitor(fs, stats_info(opts, settings))
         if opts.metrics:
             try:
@@ -301,7 +309,8 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 nursery.start_soon(monitor.publish)
                 nursery.start_soon(fs.retry_failed_uploads)
                 if opts.read_ahead_kb:
-                    nursery.start_soon(_raise_read_ahead, opts.mountpoint, opts.read_ahead_kb)
+                    nursery.start_soon(_raise_read_ahead_later,
+                                       _read_ahead_setter(opts.mountpoint, opts.read_ahead_kb))
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
         finally:

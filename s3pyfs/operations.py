@@ -18,6 +18,7 @@ import functools
 import logging
 import os
 import time
+from typing import Callable
 
 import pyfuse3
 
@@ -39,6 +40,9 @@ def _guard(handler):
     @functools.wraps(handler)
     async def wrapper(self, *args, **kwargs):
         started = time.perf_counter()
+        if self.before_first_request is not None:
+            hook, self.before_first_request = self.before_first_request, None
+            hook()
         try:
             result = await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
@@ -85,6 +89,9 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.reraise_unexpected = False
         self.timeout = fs.cfg.stat_ttl
+        # called once, before the first request is served: the kernel has applied FUSE's
+        # INIT reply by then, and no file has been opened yet (mount.py: read-ahead)
+        self.before_first_request: Callable[[], None] | None = None
         fs.invalidate_entry = self._invalidate_entry
 
     def _subject(self, op: str, args: tuple) -> str:
