@@ -34,6 +34,7 @@ class AttributeOps(FileOps):
         (atomic_o_trunc), so the kernel sends no separate truncating setattr."""
         handle = await super().open(ino, flags)
         if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY:
+            handle.wrote = True                 # its close commits the (maybe empty) new content
             if handle.node.attrs.size > 0:
                 try:
                     await self.setattr(ino, size=0, fh=handle.fh)
@@ -73,6 +74,8 @@ class AttributeOps(FileOps):
                 raise IsADirectory(node.name)
             if not stat.S_ISREG(attrs.mode):
                 raise InvalidArgument("only regular files can be truncated")
+            if fh is not None:
+                self.handles.file(fh).wrote = True
             staging = self._staging_for(node)
             await staging.truncate(size, self._fetcher(node))
             attrs.size = size
@@ -87,7 +90,14 @@ class AttributeOps(FileOps):
         return node
 
     async def _persist_metadata(self, node: Node) -> None:
-        """Store a node's attributes (mode, owner, times, xattrs) in S3."""
+        """Store a node's attributes (mode, owner, times, xattrs) in S3, as the owner of
+        its object (no upload, rename or unlink of it runs meanwhile)."""
+        async with self.owners.hold(node, lock=() if node.is_dir else (node,)):
+            await self._persist_metadata_held(node)
+
+    async def _persist_metadata_held(self, node: Node) -> None:
+        if not node.attached() and node.ino != ROOT_INODE:
+            return                              # unlinked meanwhile: nothing left to describe
         meta = user_metadata(node.attrs)
         if metadata_size(meta) > S3_USER_METADATA_LIMIT:
             raise NoSpace("attributes exceed the 2 KiB S3 metadata limit")

@@ -28,6 +28,7 @@ from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadO
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
 from .journal import Journal
+from .ownership import Owners
 from .metadata import Attrs, Defaults, attrs_from_object
 from .s3client import ObjectInfo, S3Client
 from .stat_cache import ListedEntry, StatCache
@@ -86,6 +87,7 @@ class CoreBase:
         root = Attrs(stat.S_IFDIR | config.root_mode, d.uid, d.gid, 0, now, now, now)
         self.inodes = InodeTable(root, config.prefix)
         self.handles = HandleTable()
+        self.owners = Owners(self.inodes)     # who may change where a file's object lives
         # directory attributes the backend would not keep on `dir/` markers (SeaweedFS)
         self.dir_attr_overrides: LRUCache = LRUCache(maxsize=max(1, config.cache_entries))
         self.dir_metadata_kept: bool | None = None
@@ -95,6 +97,8 @@ class CoreBase:
         self._tree_listings: dict[str, trio.Event] = {}   # recursive listings in flight
         # set by the FUSE adapter: drop a name from the kernel's dentry cache
         self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
+        # set by the FUSE adapter: drop an inode's cached attributes (size) from the kernel
+        self.invalidate_attrs: Callable[[int], None] = lambda ino: None
 
     # ------------------------------------------------------------------ helpers
     def node(self, ino: int) -> Node:

@@ -91,6 +91,10 @@ class RemoteIOError(FSError):
     errno = _errno.EIO
 
 
+class ObjectChangedError(RemoteIOError):
+    """A read pinned to one version of an object found another version (If-Match failed)."""
+
+
 class NoSuchBucket(RemoteIOError):
     """The bucket itself is missing (EIO for file operations, exit 4 at start-up)."""
 

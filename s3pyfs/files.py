@@ -28,9 +28,10 @@ import stat
 import trio
 
 from .core import CoreBase, now_ns
-from .errors import FSError, IsADirectory, NameTooLong
+from . import namespace
+from .errors import FSError, IsADirectory, NameTooLong, NotFound, ObjectChangedError, Stale
 from .handles import FileHandle
-from .inodes import Node
+from .inodes import ROOT_INODE, Node
 from .metadata import user_metadata
 from .reader import ObjectReader
 from .streaming import Stream
@@ -42,6 +43,7 @@ READ_PART = 8 * 1024 * 1024       # ranged GET size of sequential reads
 READ_AHEAD_PARTS = 6             # read-ahead window: up to 48 MiB per handle
 RETRY_INTERVAL = 2.0             # first background retry of a failed upload (seconds)
 RETRY_MAX_INTERVAL = 30.0
+DRAIN_PARALLEL = 4               # files uploaded at once by the unmount drain
 
 
 class FileOps(CoreBase):
@@ -55,12 +57,37 @@ class FileOps(CoreBase):
             self._writable()
         if not node.attrs.is_symlink() and not stat.S_ISREG(node.attrs.mode):
             raise FSError("special files cannot be opened on this filesystem", errno=E.ENXIO)
+        if node.staging is None:
+            await self._revalidate_for_open(node)   # close-to-open: see the newest object
         handle = self.handles.add_file(node, writable)
         node.open_handles += 1
         if node.staging is None:
-            await self.getattr(ino)             # close-to-open: see the newest object
             handle.reader = self._new_reader(node)
         return handle
+
+    async def _revalidate_for_open(self, node: Node) -> None:
+        """Close-to-open across mounts: one HEAD, whatever the stat cache says, so a file
+        closed on another node reads as its new version, whole, from the first byte."""
+        if not node.in_s3 or not node.attached() or node.ino == ROOT_INODE:
+            return
+        parent = self.inodes.get(node.parent)
+        if parent is None:
+            return
+        before = (node.attrs.etag, node.attrs.size)
+        info = await self.client.head(self.inodes.file_key(node))
+        if node.staging is not None or not node.attached():
+            return                                  # written or renamed meanwhile: local wins
+        if info is None:
+            if node.open_handles == 0:
+                self.inodes.detach(parent.ino, node.name)
+                self._name_removed(parent, node.name)
+                self.invalidate_entry(parent.ino, node.name)
+            raise NotFound(f"{node.name} was removed")
+        refreshed = self._apply_found(parent, node.name, namespace.classify_file(info))
+        if refreshed is not node:                   # replaced by another type of object
+            raise Stale(f"{node.name} was replaced")
+        if (node.attrs.etag, node.attrs.size) != before:
+            self.invalidate_attrs(node.ino)         # the kernel must not clip reads at the old size
 
     def _new_reader(self, node: Node) -> ObjectReader:
         store = self.disk_cache.bind(self.inodes.file_key(node), node.attrs.etag) if self.disk_cache else None
@@ -102,13 +129,26 @@ class FileOps(CoreBase):
             return await node.staging.read(offset, size, self._fetcher(node))
         if handle.reader is None:
             handle.reader = self._new_reader(node)
-        return await handle.reader.read(offset, size)
+        try:
+            data = await handle.reader.read(offset, size)
+        except ObjectChangedError:
+            if handle.returned or node.staging is not None:
+                raise                               # bytes of the old version were seen: EIO
+            # replaced between open and the first byte: serve the new version instead
+            handle.reader.close()
+            handle.reader = None
+            await self._revalidate_for_open(node)
+            handle.reader = self._new_reader(node)
+            data = await handle.reader.read(offset, size)
+        handle.returned = True
+        return data
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles.file(fh)
         if not handle.writable:
             raise FSError("file not open for writing", errno=E.EBADF)
         node = handle.node
+        handle.wrote = True
         staging = self._staging_for(node)
         written = await staging.write(offset, data, self._fetcher(node))
         node.attrs.size = staging.size
@@ -128,7 +168,10 @@ class FileOps(CoreBase):
         staging.stream.kick(staging.fd)
 
     async def flush(self, fh: int) -> None:
-        node = self.handles.file(fh).node
+        handle = self.handles.file(fh)
+        if not handle.wrote:
+            return          # only writers commit: a reader's close never publishes a writer's bytes
+        node = handle.node
         try:
             await self._upload(node)
         except NameTooLong as exc:
@@ -153,25 +196,40 @@ class FileOps(CoreBase):
         node.open_handles -= 1
         if handle.reader is not None:
             handle.reader.close()
-        try:
-            await self._upload(node)
-        except NameTooLong:
-            return                  # reported to close() by flush; the node is gone
-        except FSError as exc:
-            log.error("could not upload %s at close (%s); the data stays staged and is retried in the "
-                      "background, at the next flush and at unmount", self._describe(node), exc)
-            return
+        if handle.wrote:
+            try:
+                await self._upload(node)
+            except NameTooLong:
+                return                  # reported to close() by flush; the node is gone
+            except FSError as exc:
+                log.error("could not upload %s at close (%s); the data stays staged and is retried in the "
+                          "background, at the next flush and at unmount", self._describe(node), exc)
+                return
         self._drop_staging_if_idle(node)
         self.inodes.forget_if_unused(node)
 
+    @staticmethod
+    def _needs_upload(node: Node) -> bool:
+        staging = node.staging
+        return staging is not None and (staging.dirty or not node.in_s3)
+
     async def _upload(self, node: Node) -> None:
+        """Upload a file's staged data to its current key, as the file's owner: no rename,
+        unlink or other upload of it (or rename of a directory above it) runs meanwhile."""
+        if not self._needs_upload(node):
+            return
+        async with self.owners.hold(node, lock=(node,)):
+            await self._upload_held(node)
+
+    async def _upload_held(self, node: Node) -> None:
+        """`_upload` for a caller that owns the file (ownership.Owners)."""
         staging = node.staging
         if staging is None or not (staging.dirty or not node.in_s3):
             return
         if not node.attached():
             staging.mark_clean()                # unlinked: nothing to keep
             return
-        key = self.inodes.file_key(node)
+        key = self.inodes.file_key(node)        # read under ownership: stays true until we finish
         try:
             etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
                                         self.cfg.multipart_size, self.cfg.parallel)
@@ -191,17 +249,24 @@ class FileOps(CoreBase):
     def _drop_staging(self, node: Node) -> None:
         staging = node.staging
         if staging is not None:
-            if staging.stream is not None and self.spawn is not None:
-                stream, staging.stream = staging.stream, None
-                self.spawn(stream.abort)            # the parts it sent are not wanted now
-            staging.close()
             node.staging = None
+            stream, staging.stream = staging.stream, None
+            if stream is not None and self.spawn is not None:
+                # parts in flight still read the staging file: close it only after they ended
+                async def abort_then_close() -> None:
+                    try:
+                        await stream.abort()
+                    finally:
+                        staging.close()
+                self.spawn(abort_then_close)
+            else:
+                staging.close()
         self.inodes.forget_if_unused(node)
 
     def _drop_staging_if_idle(self, node: Node) -> None:
         staging = node.staging
         if staging is not None and node.open_handles == 0 and not staging.dirty and \
-                (node.in_s3 or not node.attached()):
+                (node.in_s3 or not node.attached()) and not self.owners.is_busy(node):
             self._drop_staging(node)
 
     # ------------------------------------------------------------------ whole filesystem
@@ -210,21 +275,28 @@ class FileOps(CoreBase):
                 if n.staging is not None and (n.staging.dirty or not n.in_s3) and n.attached()]
 
     async def drain(self) -> list[str]:
-        """Upload every dirty file within `drain_timeout` seconds; returns the keys not
-        uploaded (their data stays in the journal for the next mount)."""
+        """Upload every dirty file within `drain_timeout` seconds, a few at a time; returns
+        the keys not uploaded (their data stays in the journal for the next mount)."""
         timeout = self.cfg.drain_timeout
         if self._drain_deadline is None:      # SIGTERM then unmount: one budget for both
             self._drain_deadline = trio.current_time() + timeout
         failed: list[str] = []
-        with trio.move_on_at(self._drain_deadline) as scope:
-            for node in self.dirty_nodes():
+        limiter = trio.CapacityLimiter(max(1, min(self.cfg.parallel, DRAIN_PARALLEL)))
+
+        async def one(node: Node) -> None:
+            async with limiter:
                 try:
                     await self._upload(node)
                     self._drop_staging_if_idle(node)
-                except FSError as exc:
+                except Exception as exc:        # noqa: BLE001 - one file's failure never ends the drain
                     key = self._describe(node)
-                    log.error("could not upload %s: %s", key, exc)
+                    log.error("could not upload %s: %s", key, exc, exc_info=not isinstance(exc, FSError))
                     failed.append(key)
+
+        with trio.move_on_at(self._drain_deadline) as scope:
+            async with trio.open_nursery() as nursery:
+                for node in self.dirty_nodes():
+                    nursery.start_soon(one, node)
         if scope.cancelled_caught:
             log.error("stopped uploading dirty data after %g s", timeout)
             failed.extend(self._describe(n) for n in self.dirty_nodes() if self._describe(n) not in failed)
@@ -236,7 +308,8 @@ class FileOps(CoreBase):
         """Background task: upload files whose upload failed, with backoff, until cancelled.
 
         Each round tries the first such file; only when it succeeds (the store is
-        back) are the others tried, so an outage costs one request per round."""
+        back) are the others tried, so an outage costs one request per round.  No
+        failure of a file, expected or not, ends this loop (or the mount)."""
         delay = RETRY_INTERVAL
         while True:
             await trio.sleep(delay)
@@ -245,8 +318,9 @@ class FileOps(CoreBase):
             for node in pending:
                 try:
                     await self._upload(node)
-                except FSError as exc:
-                    log.info("background retry of %s failed: %s", self._describe(node), exc)
+                except Exception as exc:        # noqa: BLE001
+                    log.info("background retry of %s failed: %s", self._describe(node), exc,
+                             exc_info=not isinstance(exc, FSError))
                     ok = False
                     break
                 self._drop_staging_if_idle(node)

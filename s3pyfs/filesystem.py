@@ -195,7 +195,9 @@ class Filesystem(AttributeOps):
             raise Exists(name)
         now = now_ns()
         attrs = Attrs(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
-        await self.client.put(key + "/", b"", user_metadata(attrs), DIR_CONTENT_TYPE)
+        async with self.owners.hold(parent):            # not while a directory above moves
+            key = self.inodes.key_for(parent, name)
+            await self.client.put(key + "/", b"", user_metadata(attrs), DIR_CONTENT_TYPE)
         node = self.inodes.add(parent.ino, name, attrs, self.cfg.stat_ttl)
         node.has_marker = True
         self._name_added(parent, name, node)
@@ -211,9 +213,12 @@ class Filesystem(AttributeOps):
             raise NotFound(name)
         if not node.is_dir:
             raise NotADirectory(name)
-        await self._require_empty(node)
-        key = self.inodes.key_for(parent, name)
-        await self._delete_dir_objects(key)
+        async with self.owners.hold(parent, node):
+            if self.inodes.child(parent.ino, name) is not node:
+                raise NotFound(name)                    # renamed away meanwhile
+            await self._require_empty(node)
+            key = self.inodes.key_for(parent, name)
+            await self._delete_dir_objects(key)
         self.dir_attr_overrides.pop(key + "/", None)
         self._name_removed(parent, name)
         self.inodes.detach(parent.ino, name)
@@ -249,7 +254,9 @@ class Filesystem(AttributeOps):
         self._staging_for(node).mark_dirty()    # an empty file must reach S3 too
         self._touch_dir(parent)
         self.count_lookup(node)
-        return await self.open(node.ino, flags), node
+        handle = await self.open(node.ino, flags)
+        handle.wrote = True                     # its close makes the object, even when empty
+        return handle, node
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Node:
         self._writable()
@@ -291,21 +298,32 @@ class Filesystem(AttributeOps):
     async def unlink(self, parent_ino: int, name: str) -> None:
         self._writable()
         parent = self._dir(parent_ino)
-        node = await self._resolve(parent, name)
-        if node is None:
-            raise NotFound(name)
-        if node.is_dir:
-            raise IsADirectory(name)
-        key = self.inodes.key_for(parent, name)
-        if node.in_s3:
-            await self.client.delete(key)
-        self._name_removed(parent, name)
-        self.inodes.detach(parent.ino, name)
+        while True:
+            node = await self._resolve(parent, name)
+            if node is None:
+                raise NotFound(name)
+            if node.is_dir:
+                raise IsADirectory(name)
+            # as the file's owner: an upload in flight ends first (its object is then
+            # deleted here), and no later upload finds the name
+            async with self.owners.hold(parent, lock=(node,)):
+                if self.inodes.child(parent.ino, name) is not node:
+                    continue                    # renamed or replaced while we waited
+                key = self.inodes.key_for(parent, name)
+                if node.in_s3:
+                    await self.client.delete(key)
+                self._name_removed(parent, name)
+                self.inodes.detach(parent.ino, name)
+                self._discard_replaced(node)
+                self._touch_dir(parent)
+                return
+
+    def _discard_replaced(self, node: Node) -> None:
+        """`node` lost its name (unlinked or renamed over): its data belongs nowhere now."""
         if node.staging is not None and node.open_handles == 0:
             self._drop_staging(node)
         elif node.staging is not None:
             node.staging.mark_clean()           # still open: its data no longer belongs anywhere
-        self._touch_dir(parent)
 
     # ------------------------------------------------------------------ rename
     async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str,
@@ -314,15 +332,32 @@ class Filesystem(AttributeOps):
         if flags & RENAME_EXCHANGE:
             raise InvalidArgument("RENAME_EXCHANGE is not supported")
         old_parent, new_parent = self._dir(old_parent_ino), self._dir(new_parent_ino)
+        while True:
+            self._check_new_name(new_parent, new_name)
+            src = await self._resolve(old_parent, old_name)
+            if src is None:
+                raise NotFound(old_name)
+            if old_parent is new_parent and old_name == new_name:
+                return
+            dst = await self._resolve(new_parent, new_name)
+            if dst is not None and flags & RENAME_NOREPLACE:
+                raise Exists(new_name)
+            if src.is_dir:
+                owner = self.owners.moving(src, new_parent, *([dst] if dst is not None else []))
+            else:
+                files = (src,) + ((dst,) if dst is not None and not dst.is_dir else ())
+                owner = self.owners.hold(old_parent, new_parent, lock=files)
+            async with owner:
+                if self.inodes.child(old_parent.ino, old_name) is not src or \
+                        self.inodes.child(new_parent.ino, new_name) is not dst:
+                    continue                    # the names changed while we waited: look again
+                await self._rename_owned(old_parent, old_name, new_parent, new_name, src, dst)
+                return
+
+    async def _rename_owned(self, old_parent: Node, old_name: str, new_parent: Node, new_name: str,
+                            src: Node, dst: Node | None) -> None:
+        """The rename itself, run as the owner of `src` (and `dst`): keys read here stay true."""
         new_key = self._check_new_name(new_parent, new_name)
-        src = await self._resolve(old_parent, old_name)
-        if src is None:
-            raise NotFound(old_name)
-        if old_parent is new_parent and old_name == new_name:
-            return
-        dst = await self._resolve(new_parent, new_name)
-        if dst is not None and flags & RENAME_NOREPLACE:
-            raise Exists(new_name)
         if src.is_dir:
             ancestor = new_parent
             while ancestor.ino != ROOT_INODE:
@@ -341,15 +376,21 @@ class Filesystem(AttributeOps):
                 raise IsADirectory(new_name)
             await self._rename_file(src, new_key)
         self._name_removed(old_parent, old_name)
-        if dst is not None and dst.staging is not None and dst.open_handles == 0:
-            self._drop_staging(dst)
-        elif dst is not None and dst.staging is not None:
-            dst.staging.mark_clean()            # replaced while open: nothing to recover
+        if dst is not None:
+            self._discard_replaced(dst)
         self.inodes.move(src, new_parent.ino, new_name)
         self._name_added(new_parent, new_name, src)
+        self._rejournal_below(src)
         src.attrs.ctime_ns = now_ns()
         self._touch_dir(old_parent)
         self._touch_dir(new_parent)
+
+    def _rejournal_below(self, node: Node) -> None:
+        """Dirty files that moved with a rename: their journal records name the new key."""
+        nodes = [node] if not node.is_dir else list(self.inodes.descendants(node))
+        for each in nodes:
+            if each.staging is not None:
+                each.staging.journal_changed()
 
     async def _rename_file(self, node: Node, new_key: str) -> None:
         old_key = self.inodes.file_key(node)
@@ -367,9 +408,12 @@ class Filesystem(AttributeOps):
     async def _rename_dir(self, node: Node, new_key: str) -> None:
         old_prefix = self.inodes.dir_prefix(node)
         new_prefix = new_key + "/"
-        for child in list(self.inodes.descendants(node)):     # pending data goes up first
-            if child.staging is not None and (child.staging.dirty or not child.in_s3):
-                await self._upload(child)
+        # pending data goes up first; `rename` holds the subtree (ownership.Owners.moving), so
+        # no other upload below runs now and these locks are free or about to be
+        for child in list(self.inodes.descendants(node)):
+            if self._needs_upload(child):
+                async with self.owners.locked(child):
+                    await self._upload_held(child)
         objects = await namespace.all_keys_below(self.client, old_prefix)
         if not any(o.key == old_prefix for o in objects):
             marker = await self.client.head(old_prefix)

@@ -24,6 +24,8 @@ class FileHandle:
     writable: bool
     reader: ObjectReader | None = None
     error: FSError | None = None   # a failed upload reported at the next flush
+    wrote: bool = False            # this handle changed the file: its flush/fsync/release commits
+    returned: bool = False         # bytes of the open version went to the caller (no silent re-open)
 
 
 @dataclasses.dataclass(eq=False)

@@ -315,12 +315,15 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 nursery.cancel_scope.cancel()
         finally:
             fs.spawn = None                    # the background nursery is gone: work runs inline
-            with trio.CancelScope(shield=True):
-                failed = await fs.drain()
-            pyfuse3.close(unmount=True)
-            if opts.del_cache and fs.disk_cache is not None:
-                fs.disk_cache.clear()
-            monitor.close()
+            failed = ["(the drain itself failed; see the log)"]
+            try:
+                with trio.CancelScope(shield=True):
+                    failed = await fs.drain()
+            finally:                           # whatever the drain did, the FUSE session ends
+                pyfuse3.close(unmount=True)
+                if opts.del_cache and fs.disk_cache is not None:
+                    fs.disk_cache.clear()
+                monitor.close()
         if failed:
             log.error("unmounted with %d file(s) not uploaded: %s; their data is kept in %s and uploaded by the "
                       "next mount of this bucket with the same %s", len(failed), ", ".join(failed[:20]),

@@ -93,6 +93,7 @@ class Operations(pyfuse3.Operations):
         # INIT reply by then, and no file has been opened yet (mount.py: read-ahead)
         self.before_first_request: Callable[[], None] | None = None
         fs.invalidate_entry = self._invalidate_entry
+        fs.invalidate_attrs = self._invalidate_attrs
 
     def _subject(self, op: str, args: tuple) -> str:
         """The S3 key a failed request concerned ('' if unknown).  Called only on
@@ -121,6 +122,14 @@ class Operations(pyfuse3.Operations):
             pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
         except Exception:                     # not mounted (tests) or queue closed at unmount
             log.debug("could not invalidate kernel entry %s", name, exc_info=True)
+
+    @staticmethod
+    def _invalidate_attrs(ino: int) -> None:
+        # attributes only: no page locks are taken, so this cannot wait for a read in flight
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except Exception:                     # not mounted (tests), or the kernel forgot the inode
+            log.debug("could not invalidate kernel attributes of inode %d", ino, exc_info=True)
 
     # ---------------------------------------------------------------- attributes
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:

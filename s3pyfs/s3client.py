@@ -60,7 +60,7 @@ from .credentials import StaticKeys
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
 from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
-                     RemoteIOError, RemoteTimeout)
+                     ObjectChangedError, RemoteIOError, RemoteTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +219,15 @@ def _translate(exc: BaseException, what: str) -> FSError:
         if code in _BAD_CREDS:
             return AccessDenied(f"{what}: credentials rejected ({code})")
         if code in ("PreconditionFailed", "412"):
-            return RemoteIOError(f"{what}: {_CHANGED}")
+            return ObjectChangedError(f"{what}: {_CHANGED}")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
         error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
         error.request_id = request_id
         return error
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
+    if isinstance(exc, ObjectChanged):
+        return ObjectChangedError(str(exc))
     if isinstance(exc, BadAnswer):
         return RemoteIOError(str(exc))
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")

@@ -24,6 +24,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno as E
 import functools
 import io
 import logging
@@ -48,7 +49,10 @@ def read_part(fd: int, offset: int, length: int) -> io.BytesIO:
         buf.seek(length - 1)
         buf.write(b"\0")
         with buf.getbuffer() as view:
-            got = os.preadv(fd, [view], offset)
+            try:
+                got = os.preadv(fd, [view], offset)
+            except OSError as exc:          # a staging I/O error is an errno, never a crash
+                raise FSError(f"staging file read failed: {exc.strerror}", errno=exc.errno or E.EIO) from None
         if got != length:
             raise RemoteIOError("staging file shorter than the file size")
         buf.seek(0)
