@@ -401,9 +401,39 @@ class Filesystem(AttributeOps):
             node.attrs.etag = etag
         else:
             await self.client.copy(old_key, new_key, node.attrs.size, parallel=self.cfg.parallel)
-        if node.in_s3:
-            await self.client.delete(old_key)
-        node.in_s3 = True
+        was_in_s3, node.in_s3 = node.in_s3, True
+        old_etag = node.attrs.etag if staging is None or not staging.dirty else None
+        if was_in_s3:
+            try:
+                await self.client.delete(old_key)
+            except FSError as exc:
+                # the data is under the new name already: the rename stands, and the old
+                # copy is removed later rather than left to show up as a second file
+                log.error("renamed %s to %s, but the old object could not be deleted (%s); retrying in "
+                          "the background", old_key, new_key, exc)
+                self._delete_later(old_key, old_etag)
+
+    def _delete_later(self, key: str, etag: str | None, tries: int = 5) -> None:
+        """Delete a key left behind by a rename, in the background, with backoff; only
+        while it still holds the version renamed (`etag`; None: any version of it)."""
+        async def delete() -> None:
+            delay = 1.0
+            for attempt in range(tries):
+                await trio.sleep(delay)
+                try:
+                    if etag is not None:
+                        info = await self.client.head(key)
+                        if info is None or info.etag != etag:
+                            return          # gone, or written anew by someone: not ours to delete
+                    await self.client.delete(key)
+                    log.warning("deleted %s, left behind by an earlier rename", key)
+                    return
+                except FSError as exc:
+                    if attempt == tries - 1:
+                        log.error("gave up deleting %s, left behind by a rename: %s", key, exc)
+                delay = min(delay * 2, 30.0)
+        if self.spawn is not None:
+            self.spawn(delete)
 
     async def _rename_dir(self, node: Node, new_key: str) -> None:
         old_prefix = self.inodes.dir_prefix(node)

@@ -327,3 +327,17 @@ def test_model_checker_rejects_lost_mixed_and_resurrected():
     ops.append(op("write", "w3-1", 4.5, 6))                        # overlaps the unlink
     check_against_model({"n": v("w3-1")}, ops)
     check_against_model({"n": None}, ops)
+
+
+def test_rename_whose_delete_of_the_old_key_fails_still_moves_the_file(s3, bucket, mount, fault_proxy):
+    """Before: a failed DELETE at the end of a file rename left the data under the new key,
+    the old name in the mount and both objects in S3, and mv reported EIO."""
+    m = mount(bucket, f"url={fault_proxy.url}", FAST, "stat_cache_expire=1", "negative_cache_expire=1")
+    (m.path / "old").write_bytes(b"payload")
+    failing = fault_proxy.add("error500", method="DELETE", path="/old", times=3)
+    os.rename(m.path / "old", m.path / "new")
+    assert failing.hits >= 2          # the rename's own DELETE failed, retries included
+    assert (m.path / "new").read_bytes() == b"payload"
+    assert wait_until(lambda: "old" not in keys(s3, bucket), 20), "the old key stayed behind"
+    assert keys(s3, bucket) == {"new"}
+    assert not (m.path / "old").exists()
