@@ -341,3 +341,15 @@ def test_rename_whose_delete_of_the_old_key_fails_still_moves_the_file(s3, bucke
     assert wait_until(lambda: "old" not in keys(s3, bucket), 20), "the old key stayed behind"
     assert keys(s3, bucket) == {"new"}
     assert not (m.path / "old").exists()
+
+
+def test_stat_right_after_an_external_change_with_no_stat_cache(s3, bucket, mount):
+    """stat_cache_expire=0: stat and ls show another client's change at once."""
+    m = mount(bucket, "stat_cache_expire=0")
+    (m.path / "f").write_bytes(b"four")
+    assert os.stat(m.path / "f").st_size == 4
+    s3.put_object(Bucket=bucket, Key="f", Body=b"x" * 12345)
+    assert os.stat(m.path / "f").st_size == 12345
+    s3.put_object(Bucket=bucket, Key="g", Body=b"new name")
+    assert "g" in os.listdir(m.path)
+    assert (m.path / "g").read_bytes() == b"new name"
