@@ -20,7 +20,6 @@ import uuid
 
 import boto3
 import pytest
-import trio
 
 from s3pyfs.core import Config
 from s3pyfs.credentials import StaticKeys
