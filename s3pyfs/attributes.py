@@ -2,9 +2,12 @@
 
 Responsibility: change a node's attributes and store them in S3: with the
 data at the next upload when the file has unsaved data, else by copying the
-object onto itself with new headers (files), or by re-writing the `dir/`
-marker (directories: some stores cannot copy markers and some drop their
-metadata, in which case directory attributes are kept in memory).
+object onto itself with new headers (files: MetadataDirective REPLACE, with
+the object's own system headers, `Attrs.headers`, re-sent so that its
+Content-Type, Cache-Control, storage class, SSE-KMS key ... stay), or by
+re-writing the `dir/` marker (directories: some stores cannot copy markers
+and some drop their metadata, in which case directory attributes are kept
+in memory).
 Invariant: an attribute change that S3 refused is rolled back in memory for
 xattrs; the S3 user-metadata limit (2 KiB) is checked before sending.
 """
@@ -111,7 +114,8 @@ class AttributeOps(FileOps):
             return
         key = self.inodes.file_key(node)
         node.attrs.etag = await self.client.copy(key, key, node.attrs.size, metadata=meta,
-                                                 parallel=self.cfg.parallel) or node.attrs.etag
+                                                 parallel=self.cfg.parallel,
+                                                 headers=node.attrs.headers) or node.attrs.etag
 
     async def _persist_dir_metadata(self, node: Node, meta: dict[str, str]) -> None:
         marker = self.inodes.dir_prefix(node)

@@ -148,7 +148,7 @@ class CoreBase:
         attrs = attrs_from_object(key_is_dir=found.is_dir, size=0 if found.is_dir else info.size,
                                   etag=info.etag, last_modified_ns=info.last_modified_ns or now_ns(),
                                   metadata=info.metadata, content_type=info.content_type,
-                                  defaults=self.cfg.defaults)
+                                  defaults=self.cfg.defaults, headers=info.headers)
         if found.is_dir:
             override = self.dir_attr_overrides.get(key + "/")
             if override is not None:

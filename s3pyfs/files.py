@@ -119,6 +119,7 @@ class FileOps(CoreBase):
             "source_limit": staging.source_limit,
             "written": sorted(staging.written),
             "metadata": user_metadata(node.attrs),
+            "headers": node.attrs.headers,
             "uploads": sorted(staging.uploads),
         })
 
@@ -163,7 +164,8 @@ class FileOps(CoreBase):
             return
         if staging.stream is None:
             staging.stream = Stream(self.client, self.inodes.file_key(node), user_metadata(node.attrs), part,
-                                    self.cfg.parallel, self.spawn, track=staging.track_upload)
+                                    self.cfg.parallel, self.spawn, track=staging.track_upload,
+                                    headers=node.attrs.headers)
             staging.stream.writer_end = staging.size
         staging.stream.kick(staging.fd)
 
@@ -232,7 +234,7 @@ class FileOps(CoreBase):
         key = self.inodes.file_key(node)        # read under ownership: stays true until we finish
         try:
             etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
-                                        self.cfg.multipart_size, self.cfg.parallel)
+                                        self.cfg.multipart_size, self.cfg.parallel, headers=node.attrs.headers)
         except FSError:
             staging.failed = True
             raise

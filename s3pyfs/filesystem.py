@@ -8,7 +8,10 @@ imports pyfuse3.
 Invariants:
   * rename copies every key before deleting any, so an interrupted rename
     leaves both names, never neither; dirty files below a renamed directory
-    are uploaded first.
+    are uploaded first.  A renamed object keeps its system headers
+    (Content-Type included, whatever the new name: s3fs re-derives it from the
+    new name instead), storage class and SSE-KMS key.
+  * A new regular file gets its Content-Type from its name (content_types.py).
   * Every await is a trio checkpoint; bookkeeping that must be atomic
     (inode table moves, cache invalidation) happens between awaits.
 """
@@ -26,6 +29,7 @@ import trio
 from . import namespace
 from .attributes import AttributeOps
 from .concurrency import run_all
+from .content_types import content_type_for
 from .core import MAX_KEY_BYTES, now_ns
 from .errors import Exists, FSError, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
 from .handles import DirHandle, FileHandle
@@ -247,7 +251,8 @@ class Filesystem(AttributeOps):
             self.count_lookup(existing)
             return await self.open(existing.ino, flags), existing
         now = now_ns()
-        attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, 0, now, now, now)
+        attrs = Attrs(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, 0, now, now, now,
+                      headers={"ContentType": content_type_for(name)})
         node = self.inodes.add(parent.ino, name, attrs, self.cfg.stat_ttl)
         node.in_s3 = False
         self._name_added(parent, name, node)
@@ -397,10 +402,11 @@ class Filesystem(AttributeOps):
         staging = node.staging
         if staging is not None and (staging.dirty or not node.in_s3):
             etag = await staging.upload(self.client, new_key, user_metadata(node.attrs), self._fetcher(node),
-                                        self.cfg.multipart_size, self.cfg.parallel)
+                                        self.cfg.multipart_size, self.cfg.parallel, headers=node.attrs.headers)
             node.attrs.etag = etag
-        else:
-            await self.client.copy(old_key, new_key, node.attrs.size, parallel=self.cfg.parallel)
+        else:       # S3 copies metadata and Content-*; storage class and SSE-KMS go from the node
+            await self.client.copy(old_key, new_key, node.attrs.size, parallel=self.cfg.parallel,
+                                   headers=node.attrs.headers)
         was_in_s3, node.in_s3 = node.in_s3, True
         old_etag = node.attrs.etag if staging is None or not staging.dirty else None
         if was_in_s3:

@@ -11,6 +11,11 @@ Invariants:
     minus the mount's umask, never 0 (no `d---------`).
   * `user_metadata()` of `attrs_from_object()` of an s3fs object gives back the
     same headers for the fields s3pyfs knows; unknown headers are kept verbatim.
+  * `Attrs.headers` holds the object's own system headers (Content-Type,
+    Content-Encoding, Cache-Control, Content-Disposition, Content-Language,
+    Expires, storage class, SSE and KMS key id; s3client.KEPT_HEADERS, botocore's
+    names) as its last HEAD showed them, or as this mount chose them for a new
+    file; every rewrite of the object (metadata copy, upload, rename) re-sends them.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class Attrs:
     etag: str | None = None
     xattrs: dict[str, bytes] = dataclasses.field(default_factory=dict)
     extra: dict[str, str] = dataclasses.field(default_factory=dict)  # foreign headers, kept
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)  # system headers, kept
 
     @property
     def kind(self) -> int:
@@ -66,7 +72,8 @@ class Attrs:
         return stat.S_ISLNK(self.mode)
 
     def copy(self) -> "Attrs":
-        return dataclasses.replace(self, xattrs=dict(self.xattrs), extra=dict(self.extra))
+        return dataclasses.replace(self, xattrs=dict(self.xattrs), extra=dict(self.extra),
+                                   headers=dict(self.headers))
 
 
 def parse_time_ns(text: str | None) -> int | None:
@@ -112,8 +119,10 @@ def _int_header(meta: dict[str, str], name: str) -> int | None:
 
 
 def attrs_from_object(*, key_is_dir: bool, size: int, etag: str | None, last_modified_ns: int,
-                      metadata: dict[str, str], content_type: str | None, defaults: Defaults) -> Attrs:
-    """Attributes of one object (or directory marker) from its HEAD/LIST data."""
+                      metadata: dict[str, str], content_type: str | None, defaults: Defaults,
+                      headers: dict[str, str] | None = None) -> Attrs:
+    """Attributes of one object (or directory marker) from its HEAD/LIST data; `headers`:
+    the system headers its HEAD showed (kept, see `Attrs.headers`)."""
     meta = {k.lower(): v for k, v in (metadata or {}).items()}
     mode = _int_header(meta, "mode")
     if mode is not None and stat.S_IFMT(mode) == 0:
@@ -138,6 +147,7 @@ def attrs_from_object(*, key_is_dir: bool, size: int, etag: str | None, last_mod
         etag=etag,
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
         extra={k: v for k, v in meta.items() if k not in KNOWN_HEADERS},
+        headers=dict(headers or {}),
     )
     return attrs
 

@@ -102,7 +102,8 @@ async def _apply(store: str, record: Record, entry: dict, client, multipart_size
 
     async def fetch(start: int, end: int) -> bytes:
         return await client.get_range(key, start, end)
-    await staging.upload(client, key, dict(entry.get("metadata") or {}), fetch, multipart_size, parallel)
+    await staging.upload(client, key, dict(entry.get("metadata") or {}), fetch, multipart_size, parallel,
+                         headers=dict(entry.get("headers") or {}))
     record.discard()
     log.warning("recovery: uploaded %s (%d bytes) that an earlier mount had not uploaded before it stopped",
                 key, size)

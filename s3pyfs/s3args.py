@@ -4,6 +4,13 @@ Responsibility: `request_args(opts)` -> the one dict `ClientSettings.request_arg
 that s3client adds to every request whose operation takes the argument
 (PutObject, CreateMultipartUpload, CopyObject; GetObject/HeadObject/UploadPart
 for SSE-C and RequestPayer).  Names are botocore's parameter names.
+Merging with an object's own headers: a rewrite of an object (metadata copy,
+upload, rename) re-sends the storage class and SSE-KMS key id its HEAD showed
+(s3client.KEPT_HEADERS).  These arguments win over them (s3client._merged):
+`storage_class=` replaces the object's storage class, and any `use_sse`
+(SSE-S3, SSE-KMS, SSE-C) replaces the object's encryption as a whole, so a
+KMS key id is never sent beside SSE-C or beside SSE-S3.  Without such an
+option the object keeps its own storage class and KMS key.
 Invariant: SSE-C key files are checked like passwd files (mode 600) and read
 before forking; the key never appears in a message (ClientSettings hides the dict
 from repr).

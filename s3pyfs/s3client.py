@@ -26,6 +26,14 @@ Invariants:
     AccessDenied -> AccessDenied, everything else -> RemoteIOError with the
     S3 error code (never the credentials) in the message.
   * Keys are full keys (prefix included); this module knows nothing of paths.
+  * An object keeps what it is when s3pyfs rewrites it: HEAD answers carry its
+    `KEPT_HEADERS` (`ObjectInfo.headers`), and every write of a whole object
+    (PutObject, CreateMultipartUpload, CopyObject with REPLACE) re-sends those
+    it is given, since S3 drops system headers a REPLACE or a new upload does
+    not send.  A copy given no headers reads them from the source first: S3's
+    COPY directive keeps Content-* headers but not storage class or SSE-KMS.
+    The mount's options (`request_args`) win over an object's own storage class
+    and encryption (`_merged`).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import asyncio
 import base64
 import datetime
 import dataclasses
+import email.utils
 import functools
 import io
 import hashlib
@@ -52,7 +61,7 @@ from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
                                  PartialCredentialsError, ResponseStreamingError)
-from botocore.utils import parse_timestamp
+from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
 from . import metrics
 from .concurrency import run_all
@@ -76,6 +85,15 @@ _BAD_CREDS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "Ex
               "TokenRefreshRequired", "InvalidClientTokenId"}
 
 
+# System headers an object keeps when s3pyfs rewrites it (botocore's parameter names, the
+# same in HeadObject answers and in PutObject/CopyObject/CreateMultipartUpload requests)
+CONTENT_HEADERS = ("ContentType", "ContentEncoding", "CacheControl", "ContentDisposition",
+                   "ContentLanguage", "Expires")
+KEPT_HEADERS = CONTENT_HEADERS + ("StorageClass", "ServerSideEncryption", "SSEKMSKeyId")
+_ENCRYPTION = ("ServerSideEncryption", "SSEKMSKeyId")      # CopyObject does not carry these
+_NOT_COPIED = ("StorageClass",) + _ENCRYPTION               # ... nor the storage class
+
+
 @dataclasses.dataclass
 class ObjectInfo:
     key: str
@@ -84,6 +102,58 @@ class ObjectInfo:
     last_modified_ns: int
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     content_type: str | None = None
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)   # KEPT_HEADERS of a HEAD
+
+
+def kept_headers(r: Mapping[str, Any]) -> dict[str, str]:
+    """The KEPT_HEADERS of a HeadObject answer, as strings (Expires as sent: its raw text).
+    The SSE-KMS key id only with SSE-KMS, as the store reported it."""
+    headers = {name: str(r[name]) for name in CONTENT_HEADERS if r.get(name) and name != "Expires"}
+    expires = r.get("ExpiresString") or r.get("Expires")
+    if isinstance(expires, datetime.datetime):
+        expires = email.utils.format_datetime(expires.astimezone(datetime.timezone.utc), usegmt=True)
+    if expires:
+        headers["Expires"] = str(expires)
+    if r.get("StorageClass"):
+        headers["StorageClass"] = str(r["StorageClass"])
+    sse = r.get("ServerSideEncryption")
+    if sse:
+        headers["ServerSideEncryption"] = str(sse)
+        if str(sse).startswith("aws:kms") and r.get("SSEKMSKeyId"):
+            headers["SSEKMSKeyId"] = str(r["SSEKMSKeyId"])
+    return headers
+
+
+def object_args(headers: Mapping[str, str] | None, content_type: str | None = None,
+                only: tuple[str, ...] = KEPT_HEADERS) -> dict[str, str]:
+    """botocore arguments re-sending an object's kept headers (`content_type` wins over
+    its ContentType).  An Expires botocore cannot parse is left out (it would refuse the
+    whole request), as is a key id without SSE-KMS."""
+    args = {name: value for name, value in (headers or {}).items() if name in only and value}
+    if content_type and "ContentType" in only:
+        args["ContentType"] = content_type
+    if "Expires" in args:
+        try:
+            parse_to_aware_datetime(args["Expires"])
+        except (ValueError, TypeError, OverflowError):
+            log.debug("Expires %r cannot be re-sent; left out", args["Expires"])
+            del args["Expires"]
+    if not str(args.get("ServerSideEncryption", "")).startswith("aws:kms"):
+        args.pop("SSEKMSKeyId", None)
+    return args
+
+
+def _merged(kwargs: dict[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments with the mount's options on top: an option wins over what the
+    call carries for its object (storage class), and any encryption option (SSE-S3,
+    SSE-KMS, SSE-C) replaces the object's own encryption as a whole: a KMS key id is
+    never sent beside SSE-C or beside another encryption than the one it belongs to."""
+    merged = dict(kwargs)
+    if "SSECustomerAlgorithm" in options or "ServerSideEncryption" in options:
+        for name in _ENCRYPTION:
+            merged.pop(name, None)
+    merged.update(options)
+    return merged
 
 
 @dataclasses.dataclass
@@ -267,11 +337,11 @@ class _WithRequestArgs:
 
         async def call(**kwargs):
             try:
-                return await method(**kwargs, **extra)
+                return await method(**_merged(kwargs, extra))
             except ClientError as exc:
                 if fallback == extra or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 400:
                     raise
-                return await method(**kwargs, **fallback)
+                return await method(**_merged(kwargs, fallback))
         return call
 
 
@@ -382,7 +452,8 @@ class S3Client:
         if r is None:
             return None
         return ObjectInfo(key, int(r.get("ContentLength", 0)), _etag(r.get("ETag")),
-                          _ns(r.get("LastModified")), dict(r.get("Metadata") or {}), r.get("ContentType"))
+                          _ns(r.get("LastModified")), dict(r.get("Metadata") or {}), r.get("ContentType"),
+                          kept_headers(r))
 
     async def _get(self, key: str, etag: str | None = None, **kwargs) -> tuple[dict, bytes]:
         """GET with its body checked (`_check_body`); pinned to `etag` when given."""
@@ -429,13 +500,15 @@ class S3Client:
             self._etag_not_md5(what, _etag(r["ETag"]), digest.hex())
         return r
 
-    async def put(self, key: str, body: Body, metadata: dict[str, str], content_type: str | None = None) -> str | None:
-        kwargs = {"ContentType": content_type} if content_type else {}
+    async def put(self, key: str, body: Body, metadata: dict[str, str], content_type: str | None = None,
+                  headers: Mapping[str, str] | None = None) -> str | None:
+        """PUT a whole object; `headers` (KEPT_HEADERS) are re-sent, `content_type` wins."""
+        kwargs = object_args(headers, content_type)
 
         async def call(md5: str):
             if _body_len(body) <= FAST_PUT_MAX:          # small files: s3fast.py
                 small = body.getvalue() if isinstance(body, io.BytesIO) else bytes(body)
-                r = await self._fast.put(key, small, md5, metadata, content_type)
+                r = await self._fast.put(key, small, md5, metadata, kwargs)
                 if r is not FALLBACK:
                     return r
             return await self._c.put_object(Bucket=self.bucket, Key=key, Body=_rewound(body),
@@ -443,8 +516,9 @@ class S3Client:
         r = await self._verified_upload(f"PUT {key}", body, call)
         return _etag(r.get("ETag"))
 
-    async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
-        kwargs = {"ContentType": content_type} if content_type else {}
+    async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None,
+                               headers: Mapping[str, str] | None = None) -> str:
+        kwargs = object_args(headers, content_type)
         r = await self._do(f"CreateMultipartUpload {key}", lambda: self._c.create_multipart_upload(
             Bucket=self.bucket, Key=key, Metadata=metadata, **kwargs))
         return r["UploadId"]
@@ -475,26 +549,38 @@ class S3Client:
             log.warning("could not abort multipart upload of %s (%s); a lifecycle rule should remove it", key, exc)
 
     async def copy(self, source_key: str, key: str, size: int, metadata: dict[str, str] | None = None,
-                   content_type: str | None = None, parallel: int = 8) -> str | None:
-        """Server-side copy; `metadata` given replaces the headers, else they are copied."""
+                   content_type: str | None = None, parallel: int = 8,
+                   headers: Mapping[str, str] | None = None) -> str | None:
+        """Server-side copy keeping what the object is.
+
+        `metadata` given: it replaces the user metadata (MetadataDirective REPLACE) and
+        `headers` (the source's KEPT_HEADERS; `content_type` wins) are all re-sent.
+        `metadata` None: user metadata and Content-* headers are copied by S3, and the
+        storage class and SSE-KMS key, which CopyObject does not carry, are sent from
+        `headers`, or from a HEAD of the source when `headers` is None."""
         if size > MAX_SINGLE_COPY:
-            return await self._copy_multipart(source_key, key, size, metadata, content_type, parallel)
-        kwargs = {}
+            return await self._copy_multipart(source_key, key, size, metadata, content_type, parallel, headers)
         if metadata is not None:
-            kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE"}
-            if content_type:
-                kwargs["ContentType"] = content_type
+            kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE", **object_args(headers, content_type)}
+        else:
+            if headers is None:
+                info = await self.head(source_key)
+                if info is None:
+                    raise NotFound(f"COPY {source_key}: not found")
+                headers = info.headers
+            kwargs = object_args(headers, only=_NOT_COPIED)
         r = await self._do(f"COPY {source_key} -> {key}", lambda: self._c.copy_object(
             Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}, **kwargs))
         return _etag(r.get("CopyObjectResult", {}).get("ETag"))
 
-    async def _copy_multipart(self, source_key, key, size, metadata, content_type, parallel) -> str | None:
+    async def _copy_multipart(self, source_key, key, size, metadata, content_type, parallel,
+                              headers=None) -> str | None:
         if metadata is None:
             info = await self.head(source_key)
             if info is None:
                 raise NotFound(f"COPY {source_key}: not found")
-            metadata, content_type = info.metadata, info.content_type
-        upload_id = await self.create_multipart(key, metadata, content_type)
+            metadata, headers = info.metadata, info.headers
+        upload_id = await self.create_multipart(key, metadata, content_type, headers)
         ranges = [(start, min(start + COPY_PART_SIZE, size)) for start in range(0, size, COPY_PART_SIZE)]
         etags: list[str] = [""] * len(ranges)
 

@@ -19,7 +19,13 @@ Invariants:
     URL is the endpoint part followed by the key quoted as botocore quotes it.
   * Not used when the requests carry extra arguments (SSE, storage class, ACL,
     RequestPayer): botocore builds those headers.  A PUT sends Content-MD5 like
-    botocore's (s3client checks the answer's ETag the same way).
+    botocore's (s3client checks the answer's ETag the same way), and of an
+    object's own headers only the plain HTTP ones (Content-Type, -Encoding,
+    -Disposition, -Language, Cache-Control, Expires); one with a storage class
+    or encryption of its own goes through botocore.
+  * A HEAD answer has every field s3client reads from botocore's: the kept
+    system headers (Content-*, Cache-Control, Expires as `ExpiresString`,
+    storage class, SSE and KMS key id) besides length, ETag, date and metadata.
   * Runs on the asyncio thread of `loop_thread.LoopThread`, like the client.
 """
 
@@ -38,6 +44,16 @@ log = logging.getLogger(__name__)
 
 FALLBACK = object()        # "send it through botocore"
 _META = "x-amz-meta-"
+# HeadObject answer fields (botocore's names) <- response headers, besides the ones parsed below
+_HEAD_FIELDS = {"ContentType": "content-type", "ContentEncoding": "content-encoding",
+                "CacheControl": "cache-control", "ContentDisposition": "content-disposition",
+                "ContentLanguage": "content-language", "ExpiresString": "expires",
+                "StorageClass": "x-amz-storage-class", "ServerSideEncryption": "x-amz-server-side-encryption",
+                "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id"}
+# PutObject arguments this path can send as they are (botocore's names -> HTTP headers)
+_PUT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encoding",
+                "CacheControl": "Cache-Control", "ContentDisposition": "Content-Disposition",
+                "ContentLanguage": "Content-Language", "Expires": "Expires"}
 
 
 def _key_path(key: str) -> str:
@@ -61,8 +77,9 @@ def head_response(headers: Mapping[str, str]) -> dict[str, Any]:
         r["ETag"] = headers["etag"]
     if "last-modified" in headers:
         r["LastModified"] = _timestamp(headers["last-modified"])
-    if "content-type" in headers:
-        r["ContentType"] = headers["content-type"]
+    for field, header in _HEAD_FIELDS.items():
+        if header in headers:
+            r[field] = headers[header]
     return r
 
 
@@ -129,14 +146,16 @@ class FastPath:
         return FALLBACK
 
     async def put(self, key: str, body: bytes, content_md5: str, metadata: Mapping[str, str],
-                  content_type: str | None) -> Any:
+                  args: Mapping[str, str] | None = None) -> Any:
         """botocore-shaped PutObject response ({"ETag": ...}) or FALLBACK.  Small bodies
-        only (a file below the multipart size); metadata must be ASCII, as botocore's is."""
-        if self._base is None or not self.put_enabled:
+        only (a file below the multipart size); metadata must be ASCII, as botocore's is.
+        `args`: PutObject arguments of the object itself (botocore's names, strings)."""
+        args = args or {}
+        if self._base is None or not self.put_enabled or any(name not in _PUT_HEADERS for name in args):
             return FALLBACK
         headers = {"Content-MD5": content_md5}
-        if content_type:
-            headers["Content-Type"] = content_type
+        for name, value in args.items():
+            headers[_PUT_HEADERS[name]] = value
         for name, value in metadata.items():
             headers[_META + name] = value
         if not all(name.isascii() and value.isascii() for name, value in headers.items()):

@@ -16,6 +16,8 @@ Invariants:
     upload started.
   * Any failure, a truncation or a rename marks the stream `abandoned`; the
     final upload then aborts it and uploads the whole file the ordinary way.
+  * The object's own system headers (`headers`, s3client.KEPT_HEADERS) go with
+    CreateMultipartUpload and with the metadata copy after completion.
   * Times are left out of the upload's metadata: S3 sets LastModified at
     completion, which is what s3pyfs reports as mtime for an object without
     an mtime header.  A mode/owner/xattr/explicit-time change made meanwhile
@@ -66,11 +68,13 @@ def without_times(metadata: dict[str, str]) -> dict[str, str]:
 class Stream:
     def __init__(self, client, key: str, metadata: dict[str, str], part: int, parallel: int,
                  spawn: Callable[..., None], content_type: str | None = None,
-                 track: Callable[[str, bool], None] = lambda upload_id, active: None):
+                 track: Callable[[str, bool], None] = lambda upload_id, active: None,
+                 headers: dict[str, str] | None = None):
         self.client = client
         self.key = key
         self.metadata = without_times(metadata)
         self.content_type = content_type
+        self.headers = dict(headers or {})
         self.part = part
         self.parallel = parallel
         self.spawn = spawn
@@ -109,7 +113,8 @@ class Stream:
     async def _ensure_upload(self) -> str:
         async with self._create_lock:
             if self.upload_id is None:
-                self.upload_id = await self.client.create_multipart(self.key, self.metadata, self.content_type)
+                self.upload_id = await self.client.create_multipart(self.key, self.metadata, self.content_type,
+                                                                    self.headers)
                 self.track(self.upload_id, True)
             return self.upload_id
 
@@ -149,7 +154,8 @@ class Stream:
         self.upload_id = None
         if without_times(metadata) != self.metadata or self.explicit_times:
             etag = await self.client.copy(self.key, self.key, size, metadata=metadata,
-                                          content_type=self.content_type, parallel=self.parallel) or etag
+                                          content_type=self.content_type, parallel=self.parallel,
+                                          headers=self.headers) or etag
         return etag
 
     async def _final_parts(self, fd: int, size: int) -> list[str]:

@@ -15,6 +15,8 @@ Invariants:
     from and the file is clean only if nothing changed meanwhile.  A failed
     upload leaves the file dirty (and aborts its multipart upload).
   * At most `parallel` parts are in memory at once during an upload.
+  * An upload sends the object's own system headers it is given (`headers`,
+    s3client.KEPT_HEADERS) with the PUT or CreateMultipartUpload.
   * The staging file is a named `journal.Record`; `on_change` (set by the
     owner, synchronous) re-writes its journal record whenever recovery would
     need different facts: the file became dirty, a block below
@@ -230,8 +232,10 @@ class Staging:
 
     # ---- upload ------------------------------------------------------------
     async def upload(self, client, key: str, metadata: dict[str, str], fetch: Fetch,
-                     multipart_threshold: int, parallel: int, content_type: str | None = None) -> str | None:
-        """Upload the whole content to `key`; returns the new ETag.  Raises FSError."""
+                     multipart_threshold: int, parallel: int, content_type: str | None = None,
+                     headers: dict[str, str] | None = None) -> str | None:
+        """Upload the whole content to `key` with `metadata` and the object's own system
+        `headers`; returns the new ETag.  Raises FSError."""
         async with self.upload_lock:
             generation = self.generation
             await self.ensure(0, self.size, fetch, parallel)
@@ -242,10 +246,10 @@ class Staging:
                 etag = await self._finish_stream(stream, key, size, metadata)
             if etag is None:
                 if size <= multipart_threshold:
-                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type)
+                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type, headers)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
-                                                 content_type)
+                                                 content_type, headers)
             self._uploaded(generation, etag)
             return etag
 
@@ -274,11 +278,12 @@ class Staging:
             await stream.abort()
         return None
 
-    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type):
+    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type,
+                         headers=None):
         part = part_size_for(size, configured_part)
         count = (size + part - 1) // part
         etags = [""] * count
-        upload_id = await client.create_multipart(key, metadata, content_type)
+        upload_id = await client.create_multipart(key, metadata, content_type, headers)
         self.track_upload(upload_id, True)
         async def one(index: int) -> None:
             start = index * part
