@@ -61,19 +61,20 @@ class Intent:
     """One directory rename in progress, as recorded on disk."""
 
     def __init__(self, old_prefix: str, new_prefix: str, sources: list[list], legacy: list[list],
-                 created: list[str], phase: str = "copying", path: str | None = None):
+                 created: list[str], existing: list[str], phase: str = "copying", path: str | None = None):
         self.old_prefix = old_prefix
         self.new_prefix = new_prefix
         self.sources = sources        # [key, etag, size] of every key below old_prefix
         self.legacy = legacy          # [key, etag] of `old_$folder$` / the `old` directory object
         self.created = created        # target keys this rename writes that did not exist before
+        self.existing = existing      # keys under the target before the rename (never deleted)
         self.phase = phase
         self.path = path
 
     def to_json(self) -> dict:
         return {"version": RECORD_VERSION, "kind": "directory rename", "old_prefix": self.old_prefix,
                 "new_prefix": self.new_prefix, "phase": self.phase, "sources": self.sources,
-                "legacy": self.legacy, "created": self.created}
+                "legacy": self.legacy, "created": self.created, "existing": self.existing}
 
     @classmethod
     def from_json(cls, entry: object, path: str) -> "Intent":
@@ -88,7 +89,8 @@ class Intent:
         legacy = [s for s in entry.get("legacy") or [] if isinstance(s, list) and len(s) == 2
                   and s[0] in (old[:-1], old[:-1] + namespace.FOLDER_SUFFIX)]
         created = [k for k in entry.get("created") or [] if isinstance(k, str) and k.startswith(new)]
-        return cls(old, new, sources, legacy, created, entry["phase"], path)
+        existing = [k for k in entry.get("existing") or [] if isinstance(k, str)]
+        return cls(old, new, sources, legacy, created, existing, entry["phase"], path)
 
 
 # ------------------------------------------------------------------ the record on disk
@@ -182,7 +184,8 @@ async def _plan(client: S3Client, old_prefix: str, new_prefix: str) -> Intent:
     if new_prefix not in planned:
         planned.append(new_prefix)                  # the marker is re-created in any case
     created = sorted(k for k in set(planned) if k not in before)
-    return Intent(old_prefix, new_prefix, [[o.key, o.etag, o.size] for o in sources], legacy, created)
+    return Intent(old_prefix, new_prefix, [[o.key, o.etag, o.size] for o in sources], legacy, created,
+                  sorted(before))
 
 
 async def _copy_all(client: S3Client, intent: Intent, marker_metadata: dict[str, str], parallel: int) -> None:
@@ -202,12 +205,13 @@ async def _copy_all(client: S3Client, intent: Intent, marker_metadata: dict[str,
 
 
 async def _roll_back(client: S3Client, intent: Intent) -> None:
-    """Delete what the copy phase created (files, then directory levels deepest first)."""
-    created = set(intent.created)
+    """Delete what the copy phase created: files, then directory levels deepest first
+    (stores with real folders, SeaweedFS, keep a folder whose children were copied into
+    it) except levels that held a key before."""
     files = [k for k in intent.created if not k.endswith("/")]
     await client.delete_many(files)
     levels = [k for k in namespace.directory_keys_deepest_first(intent.new_prefix, intent.created)
-              if k in created]
+              if not any(old.startswith(k) for old in intent.existing)]
     await client.delete_many(levels)
 
 
