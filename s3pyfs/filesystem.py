@@ -337,8 +337,10 @@ class Filesystem(AttributeOps):
                     await self._require_empty(dst)
             await self._rename_dir(src, new_key)
             if dst is not None:
-                # the replaced empty directory's old s3fs forms; its `new/` marker is the rename's now
-                await self.client.delete_many([new_key, new_key + namespace.FOLDER_SUFFIX])
+                # the replaced empty directory's old s3fs forms; its `new/` marker is the rename's
+                # now (and on SeaweedFS deleting `new` would delete the folder's marker too)
+                await self.client.delete_many([new_key + namespace.FOLDER_SUFFIX] +
+                                              ([new_key] if dst.legacy_dir_key else []))
         else:
             if dst is not None and dst.is_dir:
                 raise IsADirectory(new_name)
