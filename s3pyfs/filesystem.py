@@ -8,7 +8,9 @@ imports pyfuse3.
 Invariants:
   * rename copies every key before deleting any, so an interrupted rename
     leaves both names, never neither; dirty files below a renamed directory
-    are uploaded first.
+    are uploaded first.  A directory's keys move in dirrename.py (intent
+    record; a failed copy phase is undone, a failed delete phase finished by
+    the same rename retried or by the next mount).
   * Every await is a trio checkpoint; bookkeeping that must be atomic
     (inode table moves, cache invalidation) happens between awaits.
 """
