@@ -184,3 +184,45 @@ def test_folder_marker_is_a_directory_in_every_listing(s3, bucket, mount):
     assert (m.path / "sub" / "x").is_dir() and os.listdir(m.path / "sub" / "x") == []
     assert os.listdir(m.path / "sub" / "deeper") == ["y"]                 # merged with y/z
     assert os.listdir(m.path / "sub" / "deeper" / "y") == ["z"]
+
+
+# ------------------------------------------------------------------ recovery, no FUSE (moto)
+def test_recovery_finishes_records_inside_the_prefix_and_leaves_others(moto_server, tmp_path, caplog):
+    import boto3
+    import trio
+
+    from s3pyfs import dirrename
+    from s3pyfs.credentials import StaticKeys
+    from s3pyfs.journal import Journal
+    from s3pyfs.s3client import ClientSettings, open_client
+
+    s3 = boto3.client("s3", endpoint_url=moto_server.endpoint, aws_access_key_id="test",
+                      aws_secret_access_key="test", region_name="us-east-1")
+    bucket = "dirrename-recovery"
+    s3.create_bucket(Bucket=bucket)
+    for key in ("pre/d/f", "pre/d2/f", "other/x/f", "other/y/f"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"data")
+    etag = s3.head_object(Bucket=bucket, Key="pre/d/f")["ETag"].strip('"')
+    store = tmp_path / "store"
+    dead = Journal(str(store / "dead-mount"), lock=False)
+    records = {
+        "inside": dirrename.Intent("pre/d/", "pre/d2/", [["pre/d/f", etag, 4]], [], ["pre/d2/f"], [], "deleting"),
+        "outside": dirrename.Intent("other/x/", "other/y/", [["other/x/f", etag, 4]], [], ["other/y/f"], [],
+                                    "deleting"),
+    }
+    for n, intent in enumerate(records.values(), 1):
+        (store / "dead-mount" / f"rename.{n}.json").write_text(json.dumps(intent.to_json()))
+    dead.close()
+
+    async def main():
+        settings = ClientSettings(bucket=bucket, endpoint_url=moto_server.endpoint, path_style=True,
+                                  static_keys=StaticKeys("test", "test"), retries=2, connect_timeout=2,
+                                  read_timeout=10, request_timeout=30)
+        async with open_client(settings) as client:
+            return await dirrename.recover(str(store), client, "pre/", 30)
+    outcomes = trio.run(main)
+    left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert left == ["other/x/f", "other/y/f", "pre/d2/f"]
+    assert [outcome for _path, outcome in outcomes] == ["rolled forward", "outside"]
+    assert [p.name for p in (store / "dead-mount").glob("rename.*.json")] == ["rename.2.json"]
+    assert any(r.levelname == "ERROR" and "outside this mount's prefix" in r.getMessage() for r in caplog.records)
