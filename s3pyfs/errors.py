@@ -31,6 +31,11 @@ class NotFound(FSError):
     errno = _errno.ENOENT
 
 
+class RenamedElsewhere(NotFound):
+    """The source of a rename is gone: an earlier failed rename of it to another name
+    was finished (directory renames, dirrename.py)."""
+
+
 class Exists(FSError):
     errno = _errno.EEXIST
 

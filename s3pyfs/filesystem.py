@@ -11,6 +11,9 @@ Invariants:
     are uploaded first.  A renamed object keeps its system headers
     (Content-Type included, whatever the new name: s3fs re-derives it from the
     new name instead), storage class and SSE-KMS key.
+    A directory's keys move in dirrename.py (intent record; a failed copy
+    phase is undone, a failed delete phase finished by the same rename
+    retried or by the next mount).
   * A new regular file gets its Content-Type from its name (content_types.py).
   * Every await is a trio checkpoint; bookkeeping that must be atomic
     (inode table moves, cache invalidation) happens between awaits.
@@ -26,16 +29,15 @@ import time
 
 import trio
 
-from . import namespace
+from . import dirrename, namespace
 from .attributes import AttributeOps
 from .concurrency import run_all
 from .content_types import content_type_for
 from .core import MAX_KEY_BYTES, now_ns
-from .errors import Exists, FSError, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted
+from .errors import Exists, FSError, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted, RenamedElsewhere
 from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
-from .s3client import ObjectInfo
 from .stat_cache import ListedEntry
 
 log = logging.getLogger(__name__)
@@ -372,10 +374,16 @@ class Filesystem(AttributeOps):
             if dst is not None:
                 if not dst.is_dir:
                     raise NotADirectory(new_name)
-                await self._require_empty(dst)
+                if self._dir_renames().resumes(self.inodes.dir_prefix(src), new_key + "/"):
+                    dst = None      # the target holds an earlier failed attempt's keys: finish it
+                else:
+                    await self._require_empty(dst)
             await self._rename_dir(src, new_key)
             if dst is not None:
-                await self._delete_dir_objects(new_key)
+                # the replaced empty directory's old s3fs forms; its `new/` marker is the rename's
+                # now (and on SeaweedFS deleting `new` would delete the folder's marker too)
+                await self.client.delete_many([new_key + namespace.FOLDER_SUFFIX] +
+                                              ([new_key] if dst.legacy_dir_key else []))
         else:
             if dst is not None and dst.is_dir:
                 raise IsADirectory(new_name)
@@ -441,36 +449,35 @@ class Filesystem(AttributeOps):
         if self.spawn is not None:
             self.spawn(delete)
 
+    def _dir_renames(self) -> dirrename.DirRenames:
+        renames = self.__dict__.get("_dir_renames_state")
+        if renames is None:
+            renames = self.__dict__["_dir_renames_state"] = dirrename.DirRenames(self.journal.directory)
+        return renames
+
     async def _rename_dir(self, node: Node, new_key: str) -> None:
+        """Upload pending data below `node`, then move its keys (dirrename.py)."""
         old_prefix = self.inodes.dir_prefix(node)
-        new_prefix = new_key + "/"
         # pending data goes up first; `rename` holds the subtree (ownership.Owners.moving), so
         # no other upload below runs now and these locks are free or about to be
         for child in list(self.inodes.descendants(node)):
             if self._needs_upload(child):
                 async with self.owners.locked(child):
                     await self._upload_held(child)
-        objects = await namespace.all_keys_below(self.client, old_prefix)
-        if not any(o.key == old_prefix for o in objects):
-            marker = await self.client.head(old_prefix)
-            if marker is not None:
-                objects.append(marker)
-        async def copy_one(obj: ObjectInfo) -> None:
-            target = new_prefix + obj.key[len(old_prefix):]
-            if obj.key.endswith("/") and obj.size == 0:
-                head = await self.client.head(obj.key)     # markers are re-created: some
-                meta = head.metadata if head else {}       # stores cannot copy `dir/` keys
-                await self.client.put(target, b"", meta, DIR_CONTENT_TYPE)
-            else:
-                await self.client.copy(obj.key, target, obj.size, parallel=self.cfg.parallel)
-        if not any(o.key == old_prefix for o in objects):
-            await self.client.put(new_prefix, b"", user_metadata(node.attrs), DIR_CONTENT_TYPE)
-        await run_all((functools.partial(copy_one, obj) for obj in objects), max(self.cfg.parallel, 16))
-        # files first, then every directory level deepest first: stores with real
-        # directories (SeaweedFS) keep a folder whose marker went before its children
-        files = [o.key for o in objects if not o.key.endswith("/")]
-        await self.client.delete_many(files)
-        await self.client.delete_many(namespace.directory_keys_deepest_first(old_prefix, [o.key for o in objects]))
+        new_prefix = new_key + "/"
+        try:
+            await self._dir_renames().rename(self.client, old_prefix, new_prefix, user_metadata(node.attrs),
+                                             self.cfg.parallel)
+        except RenamedElsewhere:
+            # an earlier failed rename of this directory to another name was finished now
+            parent = self.node(node.parent)
+            self._name_removed(parent, node.name)
+            self.inodes.detach(parent.ino, node.name)
+            self.cache.invalidate_tree(new_prefix)
+            raise
+        except BaseException:
+            self.cache.invalidate_tree(new_prefix)      # the target may hold keys now (roll-forward)
+            raise
         override = self.dir_attr_overrides.pop(old_prefix, None)
         if override is not None:
             self.dir_attr_overrides[new_prefix] = override

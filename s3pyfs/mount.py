@@ -11,7 +11,8 @@ Responsibility: the order of start-up and shut-down.
      cheap request, pyfuse3.init, report ready (pipe, or READY=1 to
      $NOTIFY_SOCKET), serve.
      Before that, dirty data left by an earlier mount of the bucket that
-     died (journal directories nobody holds) is uploaded (recovery.py).
+     died (journal directories nobody holds) is uploaded (recovery.py), after
+     the directory renames such a mount left half done are finished (dirrename.py).
   4. SIGTERM/SIGINT: upload dirty data, then leave the FUSE loop and unmount.
      After an external `umount` the loop ends by itself; dirty data is drained
      then too, within `drain_timeout`.  Exit 0, or EXIT_DIRTY naming what could
@@ -34,7 +35,7 @@ import sys
 import pyfuse3
 import trio
 
-from . import __version__, journal, kernel, metrics, recovery
+from . import __version__, dirrename, journal, kernel, metrics, recovery
 from .concurrency import background_spawner
 from .credentials import resolve_static_keys
 from .disk_cache import DiskCache
@@ -278,6 +279,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             raise
         except FSError as exc:
             raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
+        await dirrename.recover(store, client, opts.prefix, opts.drain_timeout)
         await recovery.recover(store, client, opts.multipart_size * 1024 * 1024, opts.parallel_count,
                                opts.drain_timeout)
         fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts), journal=jrnl)

@@ -3,7 +3,9 @@
 Responsibility: the S3 side of lookup and readdir, with no inode or handle
 state.  A name NAME in directory prefix P is
   * a directory if `P/NAME/` exists (marker) or any key starts with `P/NAME/`,
-    or an object `P/NAME` carries a directory mode (old s3fs format);
+    or an object `P/NAME` carries a directory mode (old s3fs format), or an
+    empty `P/NAME_$folder$` exists (in every directory, in both the delimited
+    listings and the recursive ones that prime subdirectory listings);
   * otherwise a file, symlink or special file if the object `P/NAME` exists.
 A directory wins over a file of the same name (the file is logged and hidden),
 so that the keys below it stay reachable; such a directory, like one whose
@@ -229,6 +231,12 @@ def _add_to_tree(tree: dict[str, dict[str, ListedEntry]], root: str, obj: Object
         if not valid_name(name):
             return                                  # not a path: skipped, as in listings
         entries = tree.setdefault(directory, {})
+        if last and name.endswith(FOLDER_SUFFIX) and obj.size == 0:
+            name = name[:-len(FOLDER_SUFFIX)]       # `x_$folder$`: the directory x, as in listings
+            if valid_name(name):
+                entries[name] = ListedEntry(True)
+                tree.setdefault(directory + name + "/", {})
+            return
         if last:
             if not (name in entries and entries[name].is_dir):
                 entries[name] = ListedEntry(False, obj.size, obj.etag, obj.last_modified_ns)
