@@ -182,25 +182,29 @@ shared, victim = sys.argv[1], sys.argv[2]
 os.umask(0)
 swapped = 0
 for top, dirs, files in os.walk(shared):
-    if "lock" in files:                      # a live instance directory
-        parent = os.path.dirname(top)
+    for name in dirs:
+        path = os.path.join(top, name)
+        if os.access(path, os.R_OK | os.X_OK):
+            continue
+        # root's directory (a live instance directory, or a level above it) that we may
+        # rename: put our own in its place, with the journal's next temporary file a symlink
         try:
-            os.rename(top, top + ".moved")
-            os.mkdir(top, 0o777)
-            os.symlink(victim, os.path.join(top, "1.json.tmp"))
+            os.rename(path, path + ".moved")
+            os.mkdir(path, 0o777)
+            os.symlink(victim, os.path.join(path, "1.json.tmp"))
             swapped += 1
         except OSError as exc:
-            print("could not swap", top, exc)
+            print("could not swap", path, exc)
 print("swapped", swapped)
 """
 
 
-def test_journal_never_writes_through_a_planted_symlink(s3, bucket, mount, shared_dir, open_dir):
+def test_journal_never_writes_through_a_planted_symlink(s3, seaweed, bucket, mount, shared_dir, open_dir):
     victim = open_dir / "root-owned-file"
     victim.write_bytes(b"precious root data")
     os.chmod(victim, 0o600)
     prepared = run_as(NOBODY, "import os, sys; os.umask(0); os.makedirs(sys.argv[1], 0o777)",
-                      str(shared_dir / "s3pyfs-dirty" / "anything"))
+                      str(shared_dir / "s3pyfs-dirty" / old_store_name(seaweed.endpoint, bucket)))
     assert prepared.returncode == 0, prepared.stderr
     m = mount(bucket, f"tmpdir={shared_dir}")
     attack = run_as(NOBODY, SWAP_INSTANCE, str(shared_dir), str(victim))
@@ -209,6 +213,7 @@ def test_journal_never_writes_through_a_planted_symlink(s3, bucket, mount, share
         f.write(b"hello from root")
         f.flush()
         os.fsync(f.fileno())
+    assert "could not swap" in attack.stdout or "swapped 1" in attack.stdout, attack.stdout
     assert victim.read_bytes() == b"precious root data", attack.stdout
     assert object_bytes(s3, bucket, "written.txt") == b"hello from root"
 
