@@ -17,6 +17,12 @@ Invariants:
     at start.
   * The in-memory LRU index is rebuilt from the directory at start (by access
     time), so the cache survives a remount.
+  * The blocks live in `<base>/blocks`, where <base> is the mounting user's
+    private directory (`use_cache=DIR/s3pyfs-<uid>`, statedir.py): 0700
+    directories checked to be ours, 0600 files, every file opened relative to
+    the directory's fd with O_NOFOLLOW (new ones with O_EXCL).  Only names the
+    cache makes (<sha256>.blk, <sha256>.blk.tmp) are ever deleted; anything
+    else found there is left alone and not used.
   * Only the trio thread calls in; block I/O is synchronous and small (<= 8 MiB).
 """
 
@@ -26,23 +32,46 @@ import collections
 import hashlib
 import logging
 import os
-import shutil
+import re
+import stat
+
+from . import statedir
+from .statedir import Dir
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".blk"
+BLOCKS = "blocks"
 DEFAULT_FREE_FLOOR = 1024 * 1024 * 1024
+_BLOCK = re.compile(r"^[0-9a-f]{64}\.blk$")
+_TEMP = re.compile(r"^[0-9a-f]{64}\.blk\.tmp$")
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DiskCache:
-    def __init__(self, directory: str, bucket: str, max_bytes: int | None = None, min_free: int | None = None,
-                 wipe: bool = False):
-        self.dir = os.path.join(os.path.abspath(directory), "blocks")
+    def __init__(self, directory: "str | Dir", bucket: str, max_bytes: int | None = None,
+                 min_free: int | None = None, wipe: bool = False):
+        """`directory` is a checked private Dir (the mount: statedir) or a path that is
+        created (tests); the blocks go to its `blocks` subdirectory."""
+        if isinstance(directory, str):
+            path = os.path.abspath(directory)
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            parent = Dir(os.open(path, statedir.DIR_FLAGS), path)
+            try:
+                blocks = parent.sub(BLOCKS)
+            finally:
+                parent.close()
+        else:
+            blocks = directory.sub(BLOCKS)
+        self.dir = blocks.path
+        self.fd = blocks.fd
         self.bucket = bucket
         if wipe:
-            shutil.rmtree(self.dir, ignore_errors=True)
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        fs = os.statvfs(self.dir)
+            for name in os.listdir(self.fd):
+                if _BLOCK.match(name) or _TEMP.match(name):
+                    _remove(name, self.fd)
+        fs = os.statvfs(self.fd)
         self.max_bytes = max_bytes
         self.min_free = min_free if min_free is not None else min(DEFAULT_FREE_FLOOR,
                                                                   fs.f_blocks * fs.f_frsize // 20)
@@ -53,14 +82,17 @@ class DiskCache:
 
     def _load(self) -> None:
         found = []
-        for name in os.listdir(self.dir):
-            path = os.path.join(self.dir, name)
-            if not name.endswith(SUFFIX) or len(name) != 64 + len(SUFFIX):
-                _remove(path)                # temporary or foreign file
+        for name in os.listdir(self.fd):
+            if _TEMP.match(name):
+                _remove(name, self.fd)        # a store cut short by a crash
                 continue
+            if not _BLOCK.match(name):
+                continue                      # not ours: left alone, never served
             try:
-                st = os.stat(path)
+                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
             except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
                 continue
             found.append((st.st_atime, name, st.st_size))
         for _atime, name, size in sorted(found):
@@ -80,7 +112,8 @@ class DiskCache:
             self.misses += 1
             return None
         try:
-            with open(os.path.join(self.dir, name), "rb") as fh:
+            fd = os.open(name, _READ, dir_fd=self.fd)
+            with os.fdopen(fd, "rb") as fh:
                 data = fh.read(length + 1)
         except OSError:
             data = b""
@@ -101,15 +134,16 @@ class DiskCache:
             return
         if not self._make_room(len(data)):
             return
-        path = os.path.join(self.dir, name)
-        temp = path + ".tmp"
+        temp = name + ".tmp"
         try:
-            with open(temp, "wb") as fh:
+            _remove(temp, self.fd)
+            fd = os.open(temp, _NEW, 0o600, dir_fd=self.fd)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
-            os.replace(temp, path)
+            os.replace(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except OSError as exc:
             log.warning("disk cache: cannot store a block (%s); reading from S3 instead", exc.strerror)
-            _remove(temp)
+            _remove(temp, self.fd)
             return
         self._lru[name] = len(data)
         self.bytes += len(data)
@@ -123,14 +157,14 @@ class DiskCache:
         return self.max_bytes is not None and self.bytes + size > self.max_bytes
 
     def _free(self) -> int:
-        fs = os.statvfs(self.dir)
+        fs = os.statvfs(self.fd)
         return fs.f_bavail * fs.f_frsize
 
     def _evict(self, name: str) -> None:
         size = self._lru.pop(name, 0)
         self.bytes -= size
         self.evictions += 1
-        _remove(os.path.join(self.dir, name))
+        _remove(name, self.fd)
 
     def bind(self, key: str, etag: str | None) -> "ObjectBlocks | None":
         return ObjectBlocks(self, key, etag) if etag else None
@@ -140,9 +174,9 @@ class DiskCache:
             self._evict(name)
 
 
-def _remove(path: str) -> None:
+def _remove(name: str, dir_fd: int) -> None:
     try:
-        os.unlink(path)
+        os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
 

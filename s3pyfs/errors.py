@@ -139,3 +139,9 @@ class UnreachableError(StartupError):
 
 class MountError(StartupError):
     exit_code = EXIT_MOUNT
+
+
+class StateDirError(StartupError):
+    """A local state directory (dirty data, journal, disk cache) is not safely ours."""
+
+    exit_code = EXIT_MOUNT

@@ -34,7 +34,8 @@ from .attributes import AttributeOps
 from .concurrency import run_all
 from .content_types import content_type_for
 from .core import MAX_KEY_BYTES, now_ns
-from .errors import Exists, FSError, InvalidArgument, IsADirectory, NotADirectory, NotEmpty, NotFound, NotPermitted, RenamedElsewhere
+from .errors import (Exists, FSError, InvalidArgument, IsADirectory, NameTooLong, NotADirectory, NotEmpty, NotFound,
+                     NotPermitted, RenamedElsewhere)
 from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
@@ -72,7 +73,16 @@ class Filesystem(AttributeOps):
         if not node.attrs.is_symlink():
             raise InvalidArgument("not a symbolic link")
         if node.symlink_target is None:
-            body = await self.client.get_all(self.inodes.file_key(node))
+            # the target is the object's body: never fetch more than the kernel can take
+            # (PATH_MAX, terminating NUL included), whatever size the object claims: ENAMETOOLONG
+            PATH_MAX = 4096
+            if node.attrs.size >= PATH_MAX:
+                raise NameTooLong(f"symbolic link target of {node.attrs.size} bytes (limit {PATH_MAX - 1})")
+            body = b""
+            if node.attrs.size > 0:
+                body = await self.client.get_range(self.inodes.file_key(node), 0, PATH_MAX, etag=node.attrs.etag)
+            if len(body) >= PATH_MAX:
+                raise NameTooLong(f"symbolic link target of more than {PATH_MAX - 1} bytes")
             node.symlink_target = body.decode("utf-8", "surrogateescape")
         return node.symlink_target
 

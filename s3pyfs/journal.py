@@ -3,15 +3,15 @@
 Responsibility: give every staging file (writeback.Staging) a name on disk
 and, while its content differs from S3, a small JSON record next to it that
 says where the bytes belong.  After a SIGKILL or a crash the next mount with
-the same cache directory finds the records and uploads them (recovery.py).
+the same state directory finds the records and uploads them (recovery.py).
 
-Layout (all 0700/0600, owned by the mounting user):
-    <base>/<store>/<instance>/lock        flock held while that mount lives
-    <base>/<store>/<instance>/<n>.data    staging file (sparse; size = file size)
-    <base>/<store>/<instance>/<n>.json    present only while <n>.data is dirty
-    <base>/<store>/lost+found/            records recovery could not apply
-<base> is `use_cache=DIR/dirty` or `tmpdir/s3pyfs-dirty`; <store> is a hash
-of endpoint and bucket, so keys never become path components.
+Layout (all 0700/0600, owned by the mounting user; statedir.py):
+    <base>/dirty/<store>/<instance>/lock        flock held while that mount lives
+    <base>/dirty/<store>/<instance>/<n>.data    staging file (sparse; size = file size)
+    <base>/dirty/<store>/<instance>/<n>.json    present only while <n>.data is dirty
+    <base>/dirty/<store>/lost+found/            records recovery could not apply
+<base> is the mounting user's state directory (statedir.base_for); <store> is
+a hash of endpoint, bucket and prefix, so keys never become path components.
 
 Invariants:
   * A `.json` exists exactly while its file holds data not yet in S3: it is
@@ -20,6 +20,13 @@ Invariants:
     removed after the upload of the newest generation succeeded.
   * A `.data` without a `.json` holds nothing that needs saving.
   * An instance directory whose lock can be taken belongs to no live mount.
+  * Every file is opened relative to its directory's fd with O_NOFOLLOW (new
+    files with O_EXCL): a symlink planted in a directory is never followed,
+    and a directory renamed or replaced after it was opened is never used.
+    Recovery only opens instance directories owned by the mounting uid and
+    not writable by others (statedir.private_problem).
+  * Only files s3pyfs names itself (<n>.data, <n>.json, <n>.json.tmp, lock)
+    are ever deleted.
   * Records are not fsynced: they survive a process crash (the kernel keeps
     the page cache), not a power loss; close()/fsync() are the only
     durability promise (the data is in S3 then).
@@ -33,9 +40,13 @@ import itertools
 import json
 import logging
 import os
-import shutil
+import re
+import stat
 import time
 from typing import Iterator
+
+from . import statedir
+from .statedir import Dir
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +54,70 @@ RECORD_VERSION = 1
 LOCK_NAME = "lock"
 LOST_AND_FOUND = "lost+found"
 SPARE_FILES = 64            # emptied staging files kept for reuse per mount
+DIRTY = "dirty"
+_OURS = re.compile(r"^[0-9]+\.(data|json|json\.tmp)$")
+_NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def store_dir(base: str, endpoint: str | None, bucket: str) -> str:
-    """Directory of all instances mounting `bucket` at `endpoint` under `base`."""
-    digest = hashlib.sha256(f"{endpoint or 'aws'}\n{bucket}".encode()).hexdigest()[:20]
-    return os.path.join(base, digest)
+def store_name(endpoint: str | None, bucket: str, prefix: str = "") -> str:
+    """Name of the directory of all instances mounting `bucket:/prefix` at `endpoint`."""
+    return hashlib.sha256(f"{endpoint or 'aws'}\n{bucket}\n{prefix}".encode()).hexdigest()[:20]
+
+
+def open_store(base: Dir, endpoint: str | None, bucket: str, prefix: str = "") -> Dir:
+    """The checked store directory under a checked base (created when missing)."""
+    dirty = base.sub(DIRTY)
+    try:
+        return dirty.sub(store_name(endpoint, bucket, prefix))
+    finally:
+        dirty.close()
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _write_new(dir_fd: int, name: str, text: str) -> None:
+    """Write a new file `name` in `dir_fd` (never through a symlink, never an old file)."""
+    fd = os.open(name, os.O_WRONLY | _NEW, 0o600, dir_fd=dir_fd)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 class Record:
     """One staging file and its journal record."""
 
-    def __init__(self, directory: str, stem: str, fd: int, pool: list["Record"] | None = None):
+    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list["Record"] | None = None):
+        self.dir_fd = dir_fd        # owned by the Journal
         self.directory = directory
         self.stem = stem
         self.fd = fd
         self.pool = pool            # the journal's spare files, or None (recovery)
-        self.data_path = os.path.join(directory, stem + ".data")
-        self.json_path = os.path.join(directory, stem + ".json")
+        self.data_name = stem + ".data"
+        self.json_name = stem + ".json"
+        self.data_path = os.path.join(directory, self.data_name)
+        self.json_path = os.path.join(directory, self.json_name)
 
     def save(self, entry: dict) -> None:
         """Write the record (whole or not at all); errors are logged, not raised:
         the data itself is safe in the staging file and still uploaded at close."""
-        tmp = self.json_path + ".tmp"
+        tmp = self.json_name + ".tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(dict(entry, version=RECORD_VERSION), f)
-            os.replace(tmp, self.json_path)
+            _remove(tmp, self.dir_fd, quiet=True)
+            _write_new(self.dir_fd, tmp, json.dumps(dict(entry, version=RECORD_VERSION)))
+            os.replace(tmp, self.json_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except OSError as exc:
             log.error("could not write the journal record %s (%s): this file's unsaved data would not "
                       "survive a crash", self.json_path, exc.strerror)
 
     def load(self) -> dict | None:
         try:
-            with open(self.json_path, encoding="utf-8") as f:
+            fd = os.open(self.json_name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+            with os.fdopen(fd, encoding="utf-8") as f:
                 entry = json.load(f)
         except (OSError, ValueError):
             return None
@@ -84,7 +125,7 @@ class Record:
 
     def clear(self) -> None:
         """The data is in S3: nothing to recover any more."""
-        _remove(self.json_path)
+        _remove(self.json_name, self.dir_fd)
 
     def release(self) -> None:
         """Close the staging file, keeping file and record for a later recovery."""
@@ -96,11 +137,11 @@ class Record:
         """Close and delete the staging file and its record (or hand it back to the
         journal's pool of spare files, emptied: creating and unlinking a file per
         written file cost more than a small file's upload on overlay filesystems)."""
-        _remove(self.json_path)
+        _remove(self.json_name, self.dir_fd)
         if self.fd >= 0 and self.pool is not None and len(self.pool) < SPARE_FILES:
             try:
                 os.ftruncate(self.fd, 0)
-                self.pool.append(Record(self.directory, self.stem, self.fd, self.pool))
+                self.pool.append(Record(self.dir_fd, self.directory, self.stem, self.fd, self.pool))
                 self.fd = -1
                 return
             except OSError:
@@ -108,115 +149,171 @@ class Record:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        _remove(self.data_path)
+        _remove(self.data_name, self.dir_fd)
 
 
 class Journal:
     """The records of one live mount: a locked instance directory."""
 
-    def __init__(self, directory: str, lock: bool = True):
+    def __init__(self, directory: str, lock: bool = True, parent: Dir | None = None):
+        """`directory` is opened inside the checked `parent` when given (the mount, recovery);
+        without it (tests of the core) it is created by path."""
         self.directory = directory
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._parent_fd = -1
+        name = os.path.basename(directory)
+        if parent is not None:
+            self._parent_fd = os.dup(parent.fd)
+            self.dir_fd = statedir.open_private(self._parent_fd, name, directory, create=False)
+        else:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self.dir_fd = os.open(directory, statedir.DIR_FLAGS)
+        self._name = name
         self._lock_fd = -1
-        if lock:
-            self._lock_fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            if lock:
+                self._lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                        dir_fd=self.dir_fd)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            self._close_fds()
+            raise
         self._numbers = itertools.count(1)
         self._spare: list[Record] = []     # emptied staging files kept open for reuse
 
     @classmethod
-    def create(cls, store: str) -> "Journal":
-        """A new locked instance directory under `store`."""
-        os.makedirs(store, mode=0o700, exist_ok=True)
+    def create(cls, store: Dir) -> "Journal":
+        """A new locked instance directory in the checked `store`."""
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
-        return cls(os.path.join(store, name))
+        os.mkdir(name, 0o700, dir_fd=store.fd)
+        return cls(os.path.join(store.path, name), parent=store)
 
     def new_record(self) -> Record:
         if self._spare:
             return self._spare.pop()
         while True:
             stem = str(next(self._numbers))
-            path = os.path.join(self.directory, stem + ".data")
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = os.open(stem + ".data", os.O_RDWR | _NEW, 0o600, dir_fd=self.dir_fd)
             except FileExistsError:
                 continue
-            return Record(self.directory, stem, fd, self._spare)
+            return Record(self.dir_fd, self.directory, stem, fd, self._spare)
 
     def records(self) -> Iterator[Record]:
         """Records left in this directory (recovery); staging files without a record
         are removed: they held nothing unsaved."""
-        for name in sorted(os.listdir(self.directory)):
+        for name in sorted(os.listdir(self.dir_fd)):
+            if not _OURS.match(name):
+                continue
             stem, dot, ext = name.partition(".")
-            path = os.path.join(self.directory, name)
             if ext == "json":
-                if not os.path.exists(os.path.join(self.directory, stem + ".data")):
-                    log.error("journal record %s has no staging file; removed", path)
-                    _remove(path)
+                try:
+                    fd = os.open(stem + ".data", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    log.error("journal record %s has no staging file; removed", os.path.join(self.directory, name))
+                    _remove(name, self.dir_fd)
                     continue
-                fd = os.open(os.path.join(self.directory, stem + ".data"), os.O_RDWR)
-                yield Record(self.directory, stem, fd)
-            elif ext == "data" and not os.path.exists(os.path.join(self.directory, stem + ".json")):
-                _remove(path)
+                except OSError as exc:
+                    log.error("journal record %s: staging file unusable (%s); ignored",
+                              os.path.join(self.directory, name), exc.strerror)
+                    continue
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.close(fd)
+                    continue
+                yield Record(self.dir_fd, self.directory, stem, fd)
+            elif ext == "data" and not _exists(stem + ".json", self.dir_fd):
+                _remove(name, self.dir_fd)
             elif ext == "json.tmp":
-                _remove(path)
+                _remove(name, self.dir_fd)
 
     def pending(self) -> list[str]:
-        return sorted(n for n in os.listdir(self.directory) if n.endswith(".json"))
+        return sorted(n for n in os.listdir(self.dir_fd) if n.endswith(".json") and _OURS.match(n))
 
     def close(self) -> None:
         """End of the mount: drop clean staging files; remove the directory when nothing
         unsaved is left, else keep it (unlocked) for the next mount to recover."""
+        if self.dir_fd < 0:
+            return
         for record in self._spare:
             record.release()
         self._spare.clear()
-        for name in os.listdir(self.directory):
+        for name in os.listdir(self.dir_fd):
             stem, _, ext = name.partition(".")
-            if ext == "data" and not os.path.exists(os.path.join(self.directory, stem + ".json")):
-                _remove(os.path.join(self.directory, name))
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+            if ext == "data" and _OURS.match(name) and not _exists(stem + ".json", self.dir_fd):
+                _remove(name, self.dir_fd)
         if not self.pending():
-            shutil.rmtree(self.directory, ignore_errors=True)
+            for name in os.listdir(self.dir_fd):
+                if _OURS.match(name) or name == LOCK_NAME:
+                    _remove(name, self.dir_fd, quiet=True)
+            if self._parent_fd >= 0:
+                try:
+                    os.rmdir(self._name, dir_fd=self._parent_fd)
+                except OSError:
+                    pass
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for attr in ("_lock_fd", "dir_fd", "_parent_fd"):
+            fd = getattr(self, attr, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
 
 
-def abandoned(store: str) -> Iterator[Journal]:
-    """Instance directories of mounts that are gone, each locked for the caller."""
+def abandoned(store: Dir) -> Iterator[Journal]:
+    """Instance directories of mounts that are gone, each locked for the caller.  Only
+    directories of the mounting uid that nobody else can write to are considered."""
     try:
-        names = sorted(os.listdir(store))
-    except FileNotFoundError:
+        names = sorted(os.listdir(store.fd))
+    except OSError:
         return
     for name in names:
-        path = os.path.join(store, name)
-        if name == LOST_AND_FOUND or not os.path.isdir(path):
+        path = os.path.join(store.path, name)
+        if name == LOST_AND_FOUND:
             continue
         try:
-            journal = Journal(path)
+            st = os.stat(name, dir_fd=store.fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        problem = statedir.private_problem(st)
+        if problem:
+            log.warning("ignoring journal directory %s: it %s", path, problem)
+            continue
+        try:
+            journal = Journal(path, parent=store)
         except BlockingIOError:
             continue                        # a live mount owns it
-        except OSError as exc:
-            log.error("cannot open journal directory %s: %s", path, exc.strerror)
+        except (OSError, statedir.StateDirError) as exc:
+            log.error("cannot open journal directory %s: %s", path, getattr(exc, "strerror", None) or exc)
             continue
         yield journal
 
 
-def move_to_lost_and_found(store: str, record: Record, entry: dict | None, reason: str) -> str:
+def move_to_lost_and_found(store: Dir, record: Record, entry: dict | None, reason: str) -> str:
     """Keep a record that could not be applied, for the operator; returns its new path."""
-    target = os.path.join(store, LOST_AND_FOUND, f"{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}")
-    os.makedirs(target, mode=0o700)
-    os.replace(record.data_path, os.path.join(target, "data"))
-    info = dict(entry or {}, reason=reason)
-    with open(os.path.join(target, "record.json"), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
-    record.discard()
-    return target
-
-
-def _remove(path: str) -> None:
+    lost = store.sub(LOST_AND_FOUND)
     try:
-        os.unlink(path)
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}"
+        target = lost.sub(name)
+        try:
+            os.replace(record.data_name, "data", src_dir_fd=record.dir_fd, dst_dir_fd=target.fd)
+            info = dict(entry or {}, reason=reason)
+            _write_new(target.fd, "record.json", json.dumps(info, indent=1))
+        finally:
+            target.close()
+    finally:
+        lost.close()
+    record.pool = None
+    record.discard()
+    return target.path
+
+
+def _remove(name: str, dir_fd: int, quiet: bool = False) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        log.warning("could not remove %s: %s", path, exc.strerror)
+        if not quiet:
+            log.warning("could not remove %s: %s", name, exc.strerror)

@@ -17,7 +17,10 @@ Invariants:
     snapshot (`trio.from_thread.run_sync`) and formats the plain dict it gets
     back; after trio has ended it formats the last snapshot taken.
   * The statistics file holds no secret (no keys; the endpoint's user:password
-    part, if any, is removed) and is replaced atomically.
+    part, if any, is removed) and is replaced atomically.  It names failing
+    keys, so it is mode 0600 (0640 with `stats_group=`) and is only written
+    into a directory that is no symlink, belongs to root or the mounting uid
+    and that no other user can write to (unless sticky and then ours).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import errno as _errno
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 import urllib.parse
@@ -165,8 +169,9 @@ class Monitor:
     """The view of one mount: `snapshot()` (trio thread) and the ways it is published."""
 
     def __init__(self, fs, info: dict[str, Any], counts: Counters | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, stats_group: int | None = None):
         self.fs = fs
+        self.stats_group = stats_group
         self.info = dict(info)            # endpoint, bucket, prefix, mountpoint, ...
         self.counts = counts or counters
         self.clock = clock
@@ -248,7 +253,7 @@ class Monitor:
             if self.path is None:
                 return
         try:
-            write_atomically(self.path, json.dumps(snap, indent=1) + "\n")
+            write_atomically(self.path, json.dumps(snap, indent=1) + "\n", self.stats_group)
         except OSError as exc:
             log.warning("cannot write statistics file %s: %s", self.path, exc.strerror)
             self.path = None
@@ -414,14 +419,21 @@ def stats_dirs() -> list[str]:
 
 
 def _usable_dir(path: str) -> bool:
+    """Create `path` when missing; usable when it is a real directory owned by root or us
+    that no one else can write to (a shared sticky one, like /tmp itself, must be ours)."""
     private = path.startswith(tempfile.gettempdir() + os.sep)
     try:
         os.makedirs(path, mode=0o700 if private else 0o755, exist_ok=True)
         st = os.lstat(path)
     except OSError:
         return False
-    if private and (st.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path)):
+    uid = os.getuid()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid not in (0, uid):
+        return False          # a symlink, or someone else's directory
+    if private and st.st_uid != uid:
         return False          # someone else's directory in a shared /tmp
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return False          # others could replace the file or plant a symlink
     return os.access(path, os.W_OK | os.X_OK)
 
 
@@ -447,13 +459,16 @@ def stats_paths(mountpoint: str) -> list[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def write_atomically(path: str, text: str) -> None:
+def write_atomically(path: str, text: str, group: int | None = None) -> None:
+    """Replace `path` by a new file holding `text`: mode 0600, or 0640 owned by `group`."""
     directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)      # O_EXCL, 0600
     try:
         with os.fdopen(fd, "w") as f:
+            if group is not None:
+                os.fchown(f.fileno(), -1, group)
+                os.fchmod(f.fileno(), 0o640)
             f.write(text)
-        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         try:

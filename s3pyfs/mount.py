@@ -2,7 +2,8 @@
 
 Responsibility: the order of start-up and shut-down.
   1. In the calling process, before trio or any thread exists: check the mount
-     point and the credentials source (cli.py checked the syntax).
+     point and the credentials source (cli.py checked the syntax), and create and
+     check the local state directories (statedir.py; exit 5 when not safely ours).
   2. Without -f: fork.  The parent waits on a readiness pipe and exits 0 only
      when the child reports the mount live, or with the child's exit code and
      its one-line reason.  The child detaches (setsid, stdio to /dev/null after
@@ -35,12 +36,12 @@ import sys
 import pyfuse3
 import trio
 
-from . import __version__, dirrename, journal, kernel, metrics, recovery
+from . import __version__, dirrename, journal, kernel, metrics, recovery, statedir
 from .concurrency import background_spawner
 from .credentials import resolve_static_keys
 from .disk_cache import DiskCache
 from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NoSuchBucket,
-                     StartupError, UnreachableError, UsageError)
+                     StartupError, StateDirError, UnreachableError, UsageError)
 from .core import Config
 from .filesystem import Filesystem
 from .metadata import Defaults
@@ -125,12 +126,13 @@ def fuse_options(opts: MountOptions) -> set[str]:
     return chosen
 
 
-def open_disk_cache(opts: MountOptions) -> DiskCache | None:
+def open_disk_cache(opts: MountOptions, base: statedir.Dir) -> DiskCache | None:
+    """The disk cache in `base` (use_cache=DIR/s3pyfs-<uid>, checked by statedir)."""
     if not opts.use_cache:
         return None
     mib = 1024 * 1024
     try:
-        return DiskCache(opts.use_cache, opts.bucket,
+        return DiskCache(base, opts.bucket,
                          max_bytes=opts.cache_size * mib if opts.cache_size else None,
                          min_free=opts.ensure_diskfree * mib if opts.ensure_diskfree is not None else None,
                          wipe=opts.del_cache)
@@ -268,7 +270,7 @@ def setup_logging_reopen() -> None:
             log.info("SIGHUP: reopened log file %s", handler.baseFilename)
 
 
-async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, store: str,
+async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, state: "State",
                 jrnl: journal.Journal) -> int:
     async with open_client(settings) as client:
         try:
@@ -279,14 +281,15 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             raise
         except FSError as exc:
             raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
-        await dirrename.recover(store, client, opts.prefix, opts.drain_timeout)
-        await recovery.recover(store, client, opts.multipart_size * 1024 * 1024, opts.parallel_count,
-                               opts.drain_timeout)
-        fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts), journal=jrnl)
+        await dirrename.recover(state.store, client, opts.prefix, opts.drain_timeout)
+        await recovery.recover(state.store, client, opts.multipart_size * 1024 * 1024, opts.parallel_count,
+                               opts.drain_timeout, prefix=opts.prefix)
+        fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts, state.base),
+                        journal=jrnl)
         ops = Operations(fs)
         if opts.read_ahead_kb:
             ops.before_first_request = _read_ahead_setter(opts.mountpoint, opts.read_ahead_kb)
-        monitor = metrics.Monitor(fs, stats_info(opts, settings))
+        monitor = metrics.Monitor(fs, stats_info(opts, settings), stats_group=opts.stats_group)
         if opts.metrics:
             try:
                 monitor.start_endpoint(*opts.metrics)
@@ -328,8 +331,8 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 monitor.close()
         if failed:
             log.error("unmounted with %d file(s) not uploaded: %s; their data is kept in %s and uploaded by the "
-                      "next mount of this bucket with the same %s", len(failed), ", ".join(failed[:20]),
-                      jrnl.directory, "use_cache=" if opts.use_cache else "tmpdir=")
+                      "next mount of this bucket by the same user with the same %s", len(failed),
+                      ", ".join(failed[:20]), jrnl.directory, "use_cache=" if opts.use_cache else "tmpdir=")
             return EXIT_DIRTY
         log.info("unmounted %s cleanly", opts.mountpoint)
         return EXIT_OK
@@ -344,14 +347,16 @@ def stats_info(opts: MountOptions, settings: ClientSettings) -> dict:
             "metrics_url": f"http://{host}:{opts.metrics[1]}/metrics" if opts.metrics else None}
 
 
-def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness, store: str) -> int:
+def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness, state: "State") -> int:
     try:
-        jrnl = journal.Journal.create(store)
-    except OSError as exc:
-        readiness.failed(UsageError.exit_code, f"cannot create the staging directory under {store}: {exc.strerror}")
-        return UsageError.exit_code
+        jrnl = journal.Journal.create(state.store)
+    except (OSError, StateDirError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        readiness.failed(StateDirError.exit_code, f"cannot create the staging directory under {state.store.path}: "
+                                                  f"{reason}")
+        return StateDirError.exit_code
     try:
-        return trio.run(serve, opts, settings, readiness, store, jrnl)
+        return trio.run(serve, opts, settings, readiness, state, jrnl)
     except StartupError as exc:
         readiness.failed(exc.exit_code, str(exc))
         return exc.exit_code
@@ -364,22 +369,31 @@ def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: R
 
 
 def check_local_dirs(opts: MountOptions) -> None:
-    if not os.path.isdir(opts.tmpdir) or not os.access(opts.tmpdir, os.W_OK):
+    if opts.tmpdir and (not os.path.isdir(opts.tmpdir) or not os.access(opts.tmpdir, os.W_OK)):
         raise UsageError(f"tmpdir {opts.tmpdir} is not a writable directory")
     if opts.check_cache_dir_exist and opts.use_cache and not os.path.isdir(opts.use_cache):
         raise UsageError(f"use_cache directory {opts.use_cache} does not exist (check_cache_dir_exist is set)")
     if opts.logfile:
-        try:
-            with open(opts.logfile, "a"):
-                pass
+        try:       # a new log file is private: failing keys are named in it
+            os.close(os.open(opts.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
         except OSError as exc:
             raise UsageError(f"cannot write logfile {opts.logfile}: {exc.strerror}") from None
 
 
-def journal_store(opts: MountOptions, settings: ClientSettings) -> str:
-    """Where this mount keeps dirty data: under use_cache= when given, else under tmpdir=."""
-    base = os.path.join(opts.use_cache, "dirty") if opts.use_cache else os.path.join(opts.tmpdir, "s3pyfs-dirty")
-    return journal.store_dir(os.path.abspath(base), settings.endpoint_url, opts.bucket)
+class State:
+    """The checked local state directories of this mount (statedir.py): the private base
+    (disk cache under it) and the journal store of this endpoint + bucket + prefix."""
+
+    def __init__(self, base: statedir.Dir, store: statedir.Dir):
+        self.base, self.store = base, store
+
+
+def open_state(opts: MountOptions, settings: ClientSettings) -> State:
+    """Create and check where this mount keeps dirty data and cache: the user's state
+    directory, or use_cache=DIR/s3pyfs-<uid>, or tmpdir=DIR/s3pyfs-<uid>.  Raises
+    StateDirError (exit 5) when a level is not safely ours."""
+    base = statedir.open_base(statedir.base_for(opts.use_cache, opts.tmpdir))
+    return State(base, journal.open_store(base, settings.endpoint_url, opts.bucket, opts.prefix))
 
 
 def run(opts: MountOptions) -> int:
@@ -389,12 +403,12 @@ def run(opts: MountOptions) -> int:
     if warning:
         print(f"s3pyfs: warning: {warning}", file=sys.stderr)
     settings = make_settings(opts)
-    store = journal_store(opts, settings)
+    state = open_state(opts, settings)
     if opts.foreground:
         setup_logging(opts, to_stderr=True)
         if warning and opts.logfile:
             log.warning("%s", warning)
-        return _serve_and_report(opts, settings, Readiness(None), store)
+        return _serve_and_report(opts, settings, Readiness(None), state)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid > 0:
@@ -407,7 +421,7 @@ def run(opts: MountOptions) -> int:
         setup_logging(opts, to_stderr=False)
         if warning:
             log.warning("%s", warning)
-        code = _serve_and_report(opts, settings, Readiness(write_fd), store)
+        code = _serve_and_report(opts, settings, Readiness(write_fd), state)
     except BaseException:
         code = EXIT_FAILURE
     os._exit(code)

@@ -76,6 +76,20 @@ def text(name: str, value: str) -> str:
     return value
 
 
+def group(name: str, value: str) -> int:
+    """A group name or number: the gid."""
+    import grp
+    if value.isdigit():
+        gid = int(value)
+        if gid > 2**32 - 2:
+            raise UsageError(f"option {name}={value}: not a group id")
+        return gid
+    try:
+        return grp.getgrnam(text(name, value)).gr_gid
+    except KeyError:
+        raise UsageError(f"option {name}={value}: no such group") from None
+
+
 def one_of(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, value: str) -> str:
         if value not in choices:

@@ -84,8 +84,16 @@ OPTIONS: tuple[Option, ...] = (
            "bucket-owner-full-control, ...; default: none sent)"),
     Option("requester_pays", "requester_pays", None, "send x-amz-request-payer: requester (Requester Pays buckets)"),
     # --- local disk
-    Option("tmpdir", "tmpdir", v.text, "directory for staging files of written data (default /var/tmp)"),
-    Option("use_cache", "use_cache", v.text, "directory of the local disk cache (default: no disk cache)"),
+    Option("tmpdir", "tmpdir", v.text, "directory for staging files of written data, kept in DIR/s3pyfs-UID "
+           "(default /var/lib/s3pyfs for root, ~/.local/state/s3pyfs for others)",
+           details="s3pyfs creates DIR/s3pyfs-UID (mode 0700) and refuses to start when that directory, or a level "
+           "below it, is not owned by the mounting user or is writable by others; DIR itself must be owned by "
+           "root or that user and, when others may write to it, sticky (like /tmp)."),
+    Option("use_cache", "use_cache", v.text, "directory of the local disk cache, kept in DIR/s3pyfs-UID "
+           "(default: no disk cache)",
+           details="Blocks and dirty data live in DIR/s3pyfs-UID (directories 0700, files 0600), so a shared "
+           "DIR such as /tmp is safe; s3pyfs never deletes anything there it did not create. An existing cache in "
+           "DIR/s3pyfs-UID is reused."),
     Option("check_cache_dir_exist", "check_cache_dir_exist", None, "refuse to start when the use_cache directory is missing"),
     Option("del_cache", "del_cache", None, "empty the disk cache at start and at unmount"),
     Option("cache_size", "cache_size", v.whole(1, 2**40), "size limit of the disk cache in MiB"),
@@ -124,6 +132,10 @@ OPTIONS: tuple[Option, ...] = (
            details="Without this option no port is opened. Use 0.0.0.0:PORT to let other machines scrape it "
            "(the figures name the bucket, the endpoint and failed keys). See MONITORING for the metric names; "
            "the same figures are always written to the statistics file that s3pyfs status reads."),
+    Option("stats_group", "stats_group", v.group, "group (NAME or GID) that may read the statistics file "
+           "(default: only the mounting user)",
+           details="The statistics file names failing keys; it is mode 0600, or 0640 with this group (for a "
+           "monitoring agent running s3pyfs status)."),
     # --- SELinux
     Option("context", None, v.selinux_context, "SELinux context of all files (passed to the kernel)", kernel=True,
            details='Quote a context that has commas: context="system_u:object_r:container_file_t:s0:c1,c2" '
@@ -209,7 +221,7 @@ class MountOptions:
     use_rrs: bool = False
     default_acl: str | None = None
     requester_pays: bool = False
-    tmpdir: str = "/var/tmp"
+    tmpdir: str | None = None           # None: the user's state directory (statedir.py)
     use_cache: str | None = None        # disk cache options: parsed here, used by the cache
     check_cache_dir_exist: bool = False
     del_cache: bool = False
@@ -232,6 +244,7 @@ class MountOptions:
     no_time_stamp: bool = False
     strict_selinux: bool = False
     metrics: tuple[str, int] | None = None     # Prometheus endpoint (host, port)
+    stats_group: int | None = None             # gid that may read the statistics file
     kernel_options: list[str] = dataclasses.field(default_factory=list)   # as the kernel must see them
 
 

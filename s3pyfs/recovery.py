@@ -15,6 +15,11 @@ Rules (data safety, see ARCHITECTURE.md):
   * Otherwise the data goes to `<store>/lost+found/` with a record.json
     saying why, and one ERROR line names it.
   * A failed request leaves the record where it is, for the next mount.
+  * Only records the mounting uid owns are read (journal.abandoned: the
+    store, the instance directories and the files are checked and opened
+    without following symlinks), and only keys inside the mount's prefix are
+    acted on: a record naming any other key goes to lost+found with the
+    reason, is never uploaded and none of its multipart uploads is touched.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import trio
 from . import journal
 from .errors import FSError
 from .journal import Journal, Record
+from .statedir import Dir
 from .writeback import Staging, part_size_for
 
 log = logging.getLogger(__name__)
@@ -43,31 +49,38 @@ class Outcome:
     detail: str = ""
 
 
-async def recover(store: str, client, multipart_size: int, parallel: int,
-                  timeout: float) -> list[Outcome]:
-    """Apply every abandoned record under `store`; gives up (records kept) after `timeout` s."""
+async def recover(store: Dir, client, multipart_size: int, parallel: int,
+                  timeout: float, prefix: str = "") -> list[Outcome]:
+    """Apply every abandoned record under `store` whose key starts with `prefix` (the
+    mount's, "" or ending in "/"); gives up (records kept) after `timeout` s."""
     outcomes: list[Outcome] = []
     with trio.move_on_after(timeout) as scope:
         for dead in journal.abandoned(store):
             try:
                 for record in dead.records():
-                    outcomes.append(await _recover_one(store, dead, record, client, multipart_size, parallel))
+                    outcomes.append(await _recover_one(store, dead, record, client, multipart_size, parallel,
+                                                       prefix))
             finally:
                 dead.close()
     if scope.cancelled_caught:
         log.error("recovery of earlier dirty data stopped after %g s; the rest is kept in %s for the next mount",
-                  timeout, store)
+                  timeout, store.path)
     return outcomes
 
 
-async def _recover_one(store: str, dead: Journal, record: Record, client, multipart_size: int,
-                       parallel: int) -> Outcome:
+async def _recover_one(store: Dir, dead: Journal, record: Record, client, multipart_size: int,
+                       parallel: int, prefix: str = "") -> Outcome:
     entry = record.load()
     if entry is None or not isinstance(entry.get("key"), str):
         where = journal.move_to_lost_and_found(store, record, entry, "unreadable journal record")
         log.error("dirty data left by an earlier mount has an unreadable record; kept in %s", where)
         return Outcome("?", "invalid", where)
     key = entry["key"]
+    if not key.startswith(prefix) or key == prefix:
+        reason = f"the key is outside this mount's prefix {prefix!r}; not uploaded"
+        where = journal.move_to_lost_and_found(store, record, entry, reason)
+        log.error("recovery: a journal record names a key outside this mount's prefix; kept in %s", where)
+        return Outcome(key, "lost+found", where)
     try:
         for upload_id in entry.get("uploads") or []:
             await client.abort_multipart(key, upload_id)

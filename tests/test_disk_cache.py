@@ -50,7 +50,7 @@ def test_remount_reads_from_the_disk_cache(s3, bucket, mount, tmp_path, proxy):
     assert (m.path / "f.bin").read_bytes() == data
     assert (m.path / "small").read_bytes() == b"tiny"
     assert m.unmount() == 0
-    stored = sum(p.stat().st_size for p in (cache_dir / "blocks").iterdir())
+    stored = sum(p.stat().st_size for p in (cache_dir / f"s3pyfs-{os.getuid()}" / "blocks").iterdir())
     assert stored >= len(data)
     s3.put_object(Bucket=bucket, Key="small", Body=b"changed")         # new ETag: not served stale
     again = mount(bucket, f"use_cache={cache_dir}", f"url={proxy.url}")
