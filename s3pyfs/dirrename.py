@@ -315,7 +315,7 @@ class DirRenames:
 
 
 # ------------------------------------------------------------------ at mount start
-async def recover(store: str, client: S3Client, prefix: str, timeout: float,
+async def recover(store, client: S3Client, prefix: str, timeout: float,
                   dead_journals: Callable = abandoned) -> list[tuple[str, str]]:
     """Finish the directory renames of dead mounts under `store`: phase copying is rolled
     back, phase deleting rolled forward.  Returns (record path, outcome) pairs."""
@@ -329,7 +329,7 @@ async def recover(store: str, client: S3Client, prefix: str, timeout: float,
                 dead.close()
     if scope.cancelled_caught:
         log.error("finishing earlier directory renames stopped after %g s; the rest is kept in %s for "
-                  "the next mount", timeout, store)
+                  "the next mount", timeout, getattr(store, "path", store))
     return outcomes
 
 

@@ -55,7 +55,8 @@ LOCK_NAME = "lock"
 LOST_AND_FOUND = "lost+found"
 SPARE_FILES = 64            # emptied staging files kept for reuse per mount
 DIRTY = "dirty"
-_OURS = re.compile(r"^[0-9]+\.(data|json|json\.tmp)$")
+# staging files and records, and dirrename.py's intent records (kept like dirty records)
+_OURS = re.compile(r"^([0-9]+\.(data|json|json\.tmp)|rename\.[0-9]+\.json)$")
 _NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 

@@ -191,7 +191,7 @@ def test_recovery_finishes_records_inside_the_prefix_and_leaves_others(moto_serv
     import boto3
     import trio
 
-    from s3pyfs import dirrename
+    from s3pyfs import dirrename, statedir
     from s3pyfs.credentials import StaticKeys
     from s3pyfs.journal import Journal
     from s3pyfs.s3client import ClientSettings, open_client
@@ -219,7 +219,7 @@ def test_recovery_finishes_records_inside_the_prefix_and_leaves_others(moto_serv
                                   static_keys=StaticKeys("test", "test"), retries=2, connect_timeout=2,
                                   read_timeout=10, request_timeout=30)
         async with open_client(settings) as client:
-            return await dirrename.recover(str(store), client, "pre/", 30)
+            return await dirrename.recover(statedir.open_base(str(store)), client, "pre/", 30)
     outcomes = trio.run(main)
     left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert left == ["other/x/f", "other/y/f", "pre/d2/f"]
