@@ -19,7 +19,8 @@ Invariants:
     URL is the endpoint part followed by the key quoted as botocore quotes it.
   * Not used when the requests carry extra arguments (SSE, storage class, ACL,
     RequestPayer): botocore builds those headers.  A PUT sends Content-MD5 like
-    botocore's (s3client checks the answer's ETag the same way).
+    botocore's (s3client checks the answer's ETag the same way), and the
+    If-Match / If-None-Match header of a conditional commit when given.
   * Runs on the asyncio thread of `loop_thread.LoopThread`, like the client.
 """
 
@@ -129,12 +130,14 @@ class FastPath:
         return FALLBACK
 
     async def put(self, key: str, body: bytes, content_md5: str, metadata: Mapping[str, str],
-                  content_type: str | None) -> Any:
+                  content_type: str | None, conditions: Mapping[str, str] | None = None) -> Any:
         """botocore-shaped PutObject response ({"ETag": ...}) or FALLBACK.  Small bodies
-        only (a file below the multipart size); metadata must be ASCII, as botocore's is."""
+        only (a file below the multipart size); metadata must be ASCII, as botocore's is.
+        `conditions`: If-Match / If-None-Match headers of a conditional PUT (a failed
+        condition, 412, goes the botocore way like any other error)."""
         if self._base is None or not self.put_enabled:
             return FALLBACK
-        headers = {"Content-MD5": content_md5}
+        headers = {"Content-MD5": content_md5, **(conditions or {})}
         if content_type:
             headers["Content-Type"] = content_type
         for name, value in metadata.items():
