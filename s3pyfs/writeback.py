@@ -46,7 +46,7 @@ from typing import Awaitable, Callable
 import trio
 
 from .concurrency import run_all
-from .errors import Conflict, NoSpace, NotFound, RemoteIOError
+from .errors import Conflict, FSError, NoSpace, NotFound, RemoteIOError
 from .journal import Record
 from .streaming import Stream, read_part
 
@@ -301,7 +301,10 @@ class Staging:
         """Upload the whole content to `key`; returns the new ETag.  Raises FSError."""
         async with self.upload_lock:
             generation = self.generation
-            await self.ensure(0, self.size, fetch, parallel)
+            try:
+                await self.ensure(0, self.size, fetch, parallel)
+            except Conflict as exc:          # a pinned fetch found another version
+                raise await self._named_conflict(client, key, exc) from None
             size = self.size
             condition = self.condition(key)
             stream, self.stream = self.stream, None
@@ -316,6 +319,18 @@ class Staging:
                                                  content_type, condition)
             self._uploaded(generation, etag, key, size)
             return etag
+
+    async def _named_conflict(self, client, key: str, exc: Conflict) -> Conflict:
+        """`exc` with the version that won (one HEAD), for the owner's lost+found record."""
+        if exc.current_etag is not None:
+            return exc
+        try:
+            current = await client.head(key)
+        except FSError:
+            return exc
+        won = "the object was deleted" if current is None else f"version {current.etag} won"
+        return Conflict(f"{key}: {won}; this data was based on version {self.base_etag} ({exc})",
+                        current_etag=current.etag if current is not None else None)
 
     def _uploaded(self, generation: int, etag: str | None, key: str, size: int) -> None:
         self.clean_generation = generation
