@@ -470,9 +470,12 @@ class S3Client:
         based = f"this data was based on version {if_match}" if if_match else "this file was new here"
         return Conflict(f"{what}: {won}; {based}; not overwritten", current_etag=etag)
 
-    async def _conditional(self, what: str, key: str, if_match: str | None, if_none_match: bool, commit):
+    async def _conditional(self, what: str, key: str, if_match: str | None, if_none_match: bool, commit,
+                           own_etag: Callable[[], str | None] = lambda: None):
         """`commit()` (a conditional PUT or Complete); a failed condition becomes a Conflict
-        naming the version that won (one HEAD to learn it)."""
+        naming the version that won (one HEAD to learn it).  When that version is this very
+        content (`own_etag()`: an earlier try landed but its answer was lost, and the retry
+        found its own write), the commit succeeded."""
         try:
             return await commit()
         except (Conflict, NotFound) as exc:
@@ -484,6 +487,9 @@ class S3Client:
                 current = await self.head(key)
             except FSError:
                 current = None
+            if current is not None and current.etag and current.etag == own_etag():
+                log.info("%s: the object already is this content (an earlier try succeeded)", what)
+                return {"ETag": current.etag}
             raise self._conflict(what, current.etag if current is not None else None,
                                  current is not None, if_match) from None
 
@@ -506,8 +512,11 @@ class S3Client:
                                             Metadata=metadata, ContentMD5=md5, **kwargs)
         what = f"PUT {key}"
         await self._check_version(what, key, "put", if_match, if_none_match)
+        def own_etag() -> str | None:
+            with _view(body) as view:
+                return hashlib.md5(view).hexdigest() if self.etags_are_md5 else None
         r = await self._conditional(what, key, if_match, if_none_match,
-                                    lambda: self._verified_upload(what, body, call))
+                                    lambda: self._verified_upload(what, body, call), own_etag)
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None) -> str:
@@ -535,9 +544,18 @@ class S3Client:
         conditions = self._conditions("complete", if_match, if_none_match)
         what = f"CompleteMultipartUpload {key}"
         await self._check_version(what, key, "complete", if_match, if_none_match)
+        def own_etag() -> str | None:          # S3's multipart ETag: MD5 of the part MD5s, "-N"
+            try:
+                digests = [bytes.fromhex(_etag(e) or "") for e in etags]
+            except ValueError:
+                return None
+            if not self.etags_are_md5 or any(len(d) != 16 for d in digests):
+                return None
+            return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
         r = await self._conditional(what, key, if_match, if_none_match, lambda: self._do(
             what, lambda: self._c.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions)))
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions)),
+            own_etag)
         return _etag(r.get("ETag"))
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:

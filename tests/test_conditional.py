@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import fault_proxy
 import support
 from fault_proxy import FaultProxy
 from s3pyfs.credentials import StaticKeys
@@ -172,6 +173,53 @@ async def test_staging_commits_conditionally_until_every_byte_is_local(moto_serv
         await new.write(0, b"n", fetch)
         assert new.condition("n") == {"if_none_match": True}
         assert new.condition("renamed") == {}          # a rename target is replaced, as rename(2) does
+
+
+class AnswerLosingProxy(FaultProxy):
+    """"reset_response" here also resets answers without a body (PUT, Complete's small XML
+    alike): the server did the work, the client never hears of it."""
+
+    def _answer(self, down, up, fault, head, headers, body):
+        if fault is not None and fault.kind == "reset_response":
+            self._done(fault)
+            fault_proxy._reset(down.sock)
+            return None
+        return super()._answer(down, up, fault, head, headers, body)
+
+
+@pytest.fixture
+def losing_proxy(seaweed):
+    target = urllib.parse.urlsplit(seaweed.endpoint)
+    p = AnswerLosingProxy(target.hostname, target.port)
+    p.forward()
+    yield p
+    p.close()
+
+
+@pytest.mark.trio
+async def test_a_commit_whose_answer_was_lost_is_not_a_conflict_with_itself(seaweed, s3, bucket, losing_proxy):
+    """The first try lands but its answer is cut: the retry's failed condition finds this
+    very content in S3, which is success, not a conflict."""
+    fault_proxy = losing_proxy
+    settings = ClientSettings(bucket=bucket, endpoint_url=fault_proxy.url, path_style=True,
+                              static_keys=StaticKeys(seaweed.access_key, seaweed.secret_key),
+                              retries=3, connect_timeout=1, read_timeout=5, request_timeout=30)
+    small, large = payload(1000, 7), payload(6 * MiB, 8)
+    base = etag_of(s3.put_object(Bucket=bucket, Key="old", Body=b"base"))
+    async with open_client(settings) as client:
+        client.enforced = {"put": True, "complete": True}
+        cut = fault_proxy.add("reset_response", method="PUT", times=2)
+        await client.put("new", small, {}, if_none_match=True)
+        await client.put("old", large, {}, if_match=base)
+        assert cut.hits == 2
+        upload_id = await client.create_multipart("multi", {})
+        parts = [await client.upload_part("multi", upload_id, 1, large),
+                 await client.upload_part("multi", upload_id, 2, small)]
+        cut = fault_proxy.add("reset_response", method="POST", query="uploadId", times=1)
+        await client.complete_multipart("multi", upload_id, parts, if_none_match=True)
+        assert cut.hits == 1
+    assert stored(s3, bucket, "new") == small and stored(s3, bucket, "old") == large
+    assert stored(s3, bucket, "multi") == large + small
 
 
 # ------------------------------------------------------------------ through a FUSE mount (SeaweedFS)
