@@ -96,16 +96,22 @@ class RemoteIOError(FSError):
     errno = _errno.EIO
 
 
-class ObjectChangedError(RemoteIOError):
-    """A read pinned to one version of an object found another version (If-Match failed)."""
-
-
 class NoSuchBucket(RemoteIOError):
     """The bucket itself is missing (EIO for file operations, exit 4 at start-up)."""
 
 
 class RemoteTimeout(RemoteIOError):
     """An S3 call did not finish within its deadline."""
+
+
+class Conflict(RemoteIOError):
+    """S3 holds another version than the one the operation was based on (a conditional
+    request failed: 412/409, or the version check before a commit): nothing was
+    overwritten.  `current_etag` names the version that won, when known."""
+
+    def __init__(self, message="", current_etag=None):
+        super().__init__(message)
+        self.current_etag = current_etag
 
 
 # --- before mounting: exit codes (documented in README and man/s3pyfs.1) ---

@@ -27,9 +27,10 @@ import stat
 
 import trio
 
+from . import journal, metrics
 from .core import CoreBase, now_ns
 from . import namespace
-from .errors import FSError, IsADirectory, NameTooLong, NotFound, ObjectChangedError, Stale
+from .errors import Conflict, FSError, IsADirectory, NameTooLong, NotFound, Stale
 from .handles import FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import user_metadata
@@ -99,7 +100,8 @@ class FileOps(CoreBase):
     def _staging_for(self, node: Node) -> Staging:
         if node.staging is None:
             size = node.attrs.size if node.in_s3 else 0
-            staging = Staging(self.journal.new_record(), size, size, node.attrs.etag if node.in_s3 else None)
+            staging = Staging(self.journal.new_record(), size, size, node.attrs.etag if node.in_s3 else None,
+                              base_key=self._key_or_none(node), absent=not node.in_s3)
             staging.on_change = functools.partial(self._journal_record, node, staging)
             node.staging = staging
             for handle in self.handles.files_of(node):
@@ -132,7 +134,7 @@ class FileOps(CoreBase):
             handle.reader = self._new_reader(node)
         try:
             data = await handle.reader.read(offset, size)
-        except ObjectChangedError:
+        except Conflict:                            # the pinned version is gone
             if handle.returned or node.staging is not None:
                 raise                               # bytes of the old version were seen: EIO
             # replaced between open and the first byte: serve the new version instead
@@ -235,6 +237,9 @@ class FileOps(CoreBase):
         try:
             etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
                                         self.cfg.multipart_size, self.cfg.parallel, headers=node.attrs.headers)
+        except Conflict as exc:
+            self._conflicted(node, staging, exc)
+            raise
         except FSError:
             staging.failed = True
             raise
@@ -328,3 +333,37 @@ class FileOps(CoreBase):
                 self._drop_staging_if_idle(node)
                 self.inodes.forget_if_unused(node)
             delay = RETRY_INTERVAL if ok else min(delay * 2, RETRY_MAX_INTERVAL)
+
+    # ------------------------------------------------------------------ conflicts (conditional commits)
+    def _key_or_none(self, node: Node) -> str | None:
+        try:
+            return self.inodes.file_key(node)
+        except KeyError:
+            return None
+
+    def _conflicted(self, node: Node, staging: Staging, exc: Conflict) -> None:
+        """S3 holds a version this data was not based on: keep the data in lost+found
+        (never retried, never uploaded over the other version), and let the name show
+        S3's version again.  close()/fsync() get EIO from the raised Conflict."""
+        key = self._describe(node)
+        entry = {"key": key, "base_etag": staging.base_etag, "current_etag": exc.current_etag,
+                 "source_limit": staging.source_limit, "written": sorted(staging.written),
+                 "metadata": user_metadata(node.attrs)}
+        staging.record.pool = None          # the file moves away: it must not be recycled
+        store = os.path.dirname(self.journal.directory)
+        try:
+            where = journal.move_to_lost_and_found(store, staging.record, entry, f"conflict: {exc}")
+        except OSError as error:
+            where = f"nowhere ({error.strerror}; it stays in {staging.record.data_path})"
+        staging.fd = -1                     # closed by the move
+        staging.failed = False
+        staging.mark_clean()
+        parent = self.inodes.get(node.parent) if node.attached() else None
+        if parent is not None:              # the next lookup finds the version that won
+            name = node.name
+            self.inodes.detach(parent.ino, name)
+            self.cache.invalidate_tree(self.inodes.dir_prefix(parent))
+            self.invalidate_entry(parent.ino, name)
+        self._drop_staging(node)
+        metrics.counters.conflicts += 1
+        log.error("not uploading %s: %s; the local data is kept in %s", key, exc, where)

@@ -43,8 +43,10 @@ STATS_INTERVAL = 2.0           # seconds between rewrites of the statistics file
 LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 
 # S3 outcomes that say nothing about the endpoint's health (absent names, refused keys)
+# (a failed condition is another client's write winning, counted in `conflicts`, not the endpoint failing)
 BENIGN_OUTCOMES = frozenset({"ok", "cancelled", "NoSuchKey", "404", "NotFound", "AccessDenied", "403",
-                             "Forbidden", "KeyTooLongError", "NoSuchUpload"})
+                             "Forbidden", "KeyTooLongError", "NoSuchUpload", "PreconditionFailed", "412",
+                             "ConditionalRequestConflict", "409"})
 
 
 class Histogram:
@@ -82,6 +84,7 @@ class Counters:
         self.s3_sent_bytes = 0
         self.last_s3_error: dict | None = None    # the last failure that concerns the endpoint
         self.last_s3_ok = 0.0
+        self.conflicts = 0              # uploads refused because S3 held another version (files.py)
 
     # ---- FUSE (operations._guard)
     def fuse_done(self, op: str, started: float, error: int = 0) -> None:
@@ -240,6 +243,8 @@ class Monitor:
                 "last_error": dict(c.last_s3_error) if c.last_s3_error else None,
                 "latency_seconds": {op: h.export() for op, h in sorted(c.s3_latency.items())},
             },
+            "conflicts": c.conflicts,
+            "conditional_writes": getattr(getattr(fs, "client", None), "conditional_writes", None),
             "latency_bounds": list(LATENCY_BOUNDS),
         }
         self.last = snap
@@ -369,6 +374,11 @@ def families(snap: dict) -> Iterable:
     last_error = s3["last_error"]
     yield gauge("s3_last_error_time_seconds", "Unix time of the last S3 failure concerning the endpoint "
                 "(0: none)", last_error["time"] if last_error else 0)
+    yield counter("conflicts", "Uploads refused because S3 held another version than the one the data was "
+                  "based on (data kept in lost+found)", snap.get("conflicts", 0))
+    enforced = snap.get("conditional_writes")
+    yield gauge("conditional_writes", "Does the store enforce conditional writes (1 yes, 0 no: checked by a HEAD "
+                "before each commit, -1 unknown)", -1 if enforced is None else int(enforced))
     yield gauge("dirty_files", "Files with data not yet uploaded", dirty["files"])
     yield gauge("dirty_bytes", "Size of the files with data not yet uploaded", dirty["bytes"])
     yield gauge("dirty_oldest_seconds", "Age of the oldest change not yet uploaded", dirty["oldest_seconds"])

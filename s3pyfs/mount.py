@@ -9,8 +9,9 @@ Responsibility: the order of start-up and shut-down.
      its one-line reason.  The child detaches (setsid, stdio to /dev/null after
      mounting) and logs to `logfile=` or syslog.
   3. trio: open the S3 client, prove endpoint + bucket + credentials with one
-     cheap request, pyfuse3.init, report ready (pipe, or READY=1 to
-     $NOTIFY_SOCKET), serve.
+     cheap request, probe whether the store enforces conditional writes
+     (a reserved probe key, removed at once), pyfuse3.init, report ready
+     (pipe, or READY=1 to $NOTIFY_SOCKET), serve.
      Before that, dirty data left by an earlier mount of the bucket that
      died (journal directories nobody holds) is uploaded (recovery.py), after
      the directory renames such a mount left half done are finished (dirrename.py).
@@ -281,6 +282,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             raise
         except FSError as exc:
             raise UnreachableError(f"cannot reach bucket {opts.bucket} at {settings.endpoint_url or 'AWS'}: {exc}") from None
+        await probe_conditional_writes(client, opts)
         await dirrename.recover(state.store, client, opts.prefix, opts.drain_timeout)
         await recovery.recover(state.store, client, opts.multipart_size * 1024 * 1024, opts.parallel_count,
                                opts.drain_timeout, prefix=opts.prefix)
@@ -336,6 +338,19 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
             return EXIT_DIRTY
         log.info("unmounted %s cleanly", opts.mountpoint)
         return EXIT_OK
+
+
+async def probe_conditional_writes(client, opts: MountOptions) -> None:
+    """Learn whether the store enforces conditional writes (s3client's probe key, removed
+    at once; never a user object) and say so in one INFO line.  Read-only: unknown."""
+    if opts.read_only:
+        answer = None
+    else:
+        answer = await client.probe_conditional_writes(opts.prefix)
+    log.info("conditional writes: %s", {
+        True: "enforced by the store (uploads carry If-Match / If-None-Match)",
+        False: "not enforced by the store; the version is checked by a HEAD right before each upload's commit",
+        None: "unknown (read-only mount or probe refused); uploads carry the headers and are checked by a HEAD"}[answer])
 
 
 def stats_info(opts: MountOptions, settings: ClientSettings) -> dict:

@@ -9,7 +9,11 @@ Rules (data safety, see ARCHITECTURE.md):
     the dead mount and nobody will complete them.
   * A record is uploaded only when the object in S3 is still the version its
     data was based on (same ETag, or still absent for a new file), so a file
-    changed by another client since the crash is never overwritten.
+    changed by another client since the crash is never overwritten: checked
+    by a HEAD first, then enforced by the requests themselves (`_apply`:
+    unwritten blocks are fetched with If-Match: base, the commit carries
+    If-Match: base or If-None-Match: *), so a change after the HEAD is a
+    conflict (lost+found), never a mix or an overwrite.
   * When S3 already holds exactly the local content (the crash came after the
     upload but before the record was removed), the record is just dropped.
   * Otherwise the data goes to `<store>/lost+found/` with a record.json
@@ -32,7 +36,7 @@ import os
 import trio
 
 from . import journal
-from .errors import FSError
+from .errors import Conflict, FSError
 from .journal import Journal, Record
 from .statedir import Dir
 from .writeback import Staging, part_size_for
@@ -109,14 +113,25 @@ async def _apply(store: str, record: Record, entry: dict, client, multipart_size
         where = journal.move_to_lost_and_found(store, record, entry, reason)
         log.error("recovery: unsaved data of %s kept in %s: %s", key, where, reason)
         return Outcome(key, "lost+found", where)
-    staging = Staging(record, size, min(source_limit, size), base_etag, resize=False)
+    # unwritten blocks are fetched pinned to the base (If-Match) and the commit is conditional
+    # (If-Match base, If-None-Match: * for a new file): a version written after the HEAD above
+    # is never mixed in nor overwritten
+    staging = Staging(record, size, min(source_limit, size), base_etag, resize=False, base_key=key,
+                      absent=base_etag is None)
+    staging.depends_on_base = base_etag is not None      # the record does not say more: stay strict
     staging.present = staging.written = {int(b) for b in entry.get("written") or []}
     staging.generation = 1
 
-    async def fetch(start: int, end: int) -> bytes:
-        return await client.get_range(key, start, end)
-    await staging.upload(client, key, dict(entry.get("metadata") or {}), fetch, multipart_size, parallel,
-                         headers=dict(entry.get("headers") or {}))
+    async def fetch(start: int, end: int, etag: str | None = None) -> bytes:
+        return await client.get_range(key, start, end, etag=etag)
+    try:
+        await staging.upload(client, key, dict(entry.get("metadata") or {}), fetch, multipart_size, parallel,
+                             headers=dict(entry.get("headers") or {}))
+    except Conflict as exc:
+        reason = f"the object was changed in S3 during recovery; not overwriting it ({exc})"
+        where = journal.move_to_lost_and_found(store, record, dict(entry, current_etag=exc.current_etag), reason)
+        log.error("recovery: unsaved data of %s kept in %s: %s", key, where, reason)
+        return Outcome(key, "lost+found", where)
     record.discard()
     log.warning("recovery: uploaded %s (%d bytes) that an earlier mount had not uploaded before it stopped",
                 key, size)

@@ -68,8 +68,8 @@ from .concurrency import run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
-from .errors import (AccessDenied, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
-                     ObjectChangedError, RemoteIOError, RemoteTimeout)
+from .errors import (AccessDenied, Conflict, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
+                     RemoteIOError, RemoteTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,10 @@ class ObjectChanged(BadAnswer):
 _BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, AioReadTimeoutError, aiohttp.ClientPayloadError)
 _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
 _CHANGED = "the object changed while it was being read (its ETag is not the one read before)"
+_NOT_BASE = "S3 holds another version than the one this data was based on; not overwritten"
+# a conditional request whose condition did not hold (409: a concurrent conditional write won)
+_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+PROBE_NAME = ".s3pyfs-probe-"        # reserved key name of the conditional-write probe (prefix + this + hex)
 
 
 def _worth_another_try(exc: BaseException) -> bool:
@@ -288,8 +292,9 @@ def _translate(exc: BaseException, what: str) -> FSError:
             return NameTooLong(f"{what}: the store refuses keys this long")
         if code in _BAD_CREDS:
             return AccessDenied(f"{what}: credentials rejected ({code})")
-        if code in ("PreconditionFailed", "412"):
-            return ObjectChangedError(f"{what}: {_CHANGED}")
+        if code in _CONDITION_FAILED:
+            # a GET pinned to an ETag, or a conditional PUT / CompleteMultipartUpload
+            return Conflict(f"{what}: {_CHANGED if what.startswith('GET') else _NOT_BASE}")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
         error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
         error.request_id = request_id
@@ -297,7 +302,7 @@ def _translate(exc: BaseException, what: str) -> FSError:
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
     if isinstance(exc, ObjectChanged):
-        return ObjectChangedError(str(exc))
+        return Conflict(str(exc))
     if isinstance(exc, BadAnswer):
         return RemoteIOError(str(exc))
     return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
@@ -362,6 +367,10 @@ class S3Client:
         self.settings = settings
         self.bucket = settings.bucket
         self.etags_are_md5 = True      # until the store shows otherwise (`_etag_not_md5`)
+        # does the store enforce If-Match / If-None-Match on PutObject ("put") and on
+        # CompleteMultipartUpload ("complete")?  None: unknown (not probed, read-only, denied)
+        self.enforced: dict[str, bool | None] = {"put": None, "complete": None}
+        self._probing = False
         raw = client._client if isinstance(client, _WithRequestArgs) else client
         self._fast = FastPath(raw, settings.bucket, settings.request_args)
 
@@ -500,10 +509,69 @@ class S3Client:
             self._etag_not_md5(what, _etag(r["ETag"]), digest.hex())
         return r
 
+    @property
+    def conditional_writes(self) -> bool | None:
+        """True: the store enforces conditional PUT and CompleteMultipartUpload; False: one of
+        them is ignored or refused (checked by a HEAD before the commit instead); None: unknown."""
+        values = set(self.enforced.values())
+        return False if False in values else True if values == {True} else None
+
+    def _conditions(self, op: str, if_match: str | None, if_none_match: bool) -> dict[str, str]:
+        """The request arguments of a conditional commit (none where the store ignores them)."""
+        if self.enforced[op] is False:
+            return {}
+        if if_none_match:
+            return {"IfNoneMatch": "*"}
+        return {"IfMatch": f'"{if_match}"'} if if_match else {}
+
+    async def _check_version(self, what: str, key: str, op: str, if_match: str | None, if_none_match: bool) -> None:
+        """Where the store does not (or may not) enforce the condition: a HEAD right before
+        the commit.  A change between this HEAD and the commit is not caught (the window)."""
+        if self.enforced[op] is True or not (if_match or if_none_match):
+            return
+        current = await self.head(key)
+        etag = current.etag if current is not None else None
+        if (if_none_match and current is not None) or (if_match and etag != if_match):
+            raise self._conflict(what, etag, current is not None, if_match)
+
+    @staticmethod
+    def _conflict(what: str, etag: str | None, exists: bool, if_match: str | None) -> Conflict:
+        won = (f"the object was deleted" if not exists else
+               f"version {etag} won" if etag else "another version won")
+        based = f"this data was based on version {if_match}" if if_match else "this file was new here"
+        return Conflict(f"{what}: {won}; {based}; not overwritten", current_etag=etag)
+
+    async def _conditional(self, what: str, key: str, if_match: str | None, if_none_match: bool, commit,
+                           own_etag: Callable[[], str | None] = lambda: None):
+        """`commit()` (a conditional PUT or Complete); a failed condition becomes a Conflict
+        naming the version that won (one HEAD to learn it).  When that version is this very
+        content (`own_etag()`: an earlier try landed but its answer was lost, and the retry
+        found its own write), the commit succeeded."""
+        try:
+            return await commit()
+        except (Conflict, NotFound) as exc:
+            if isinstance(exc, NotFound) and not if_match:
+                raise                   # (If-Match on an absent key is a 404 on AWS and moto)
+            if not (if_match or if_none_match) or self._probing:
+                raise
+            try:
+                current = await self.head(key)
+            except FSError:
+                current = None
+            if current is not None and current.etag and current.etag == own_etag():
+                log.info("%s: the object already is this content (an earlier try succeeded)", what)
+                return {"ETag": current.etag}
+            raise self._conflict(what, current.etag if current is not None else None,
+                                 current is not None, if_match) from None
+
     async def put(self, key: str, body: Body, metadata: dict[str, str], content_type: str | None = None,
-                  headers: Mapping[str, str] | None = None) -> str | None:
-        """PUT a whole object; `headers` (KEPT_HEADERS) are re-sent, `content_type` wins."""
+                  headers: Mapping[str, str] | None = None, *,
+                  if_match: str | None = None, if_none_match: bool = False) -> str | None:
+        """PUT a whole object; `headers` (KEPT_HEADERS) are re-sent, `content_type` wins.  With
+        `if_match` (an ETag) or `if_none_match` only if S3 still holds that version / no
+        object, else `Conflict` and nothing is written."""
         kwargs = object_args(headers, content_type)
+        kwargs.update(self._conditions("put", if_match, if_none_match))
 
         async def call(md5: str):
             if _body_len(body) <= FAST_PUT_MAX:          # small files: s3fast.py
@@ -513,7 +581,13 @@ class S3Client:
                     return r
             return await self._c.put_object(Bucket=self.bucket, Key=key, Body=_rewound(body),
                                             Metadata=metadata, ContentMD5=md5, **kwargs)
-        r = await self._verified_upload(f"PUT {key}", body, call)
+        what = f"PUT {key}"
+        await self._check_version(what, key, "put", if_match, if_none_match)
+        def own_etag() -> str | None:
+            with _view(body) as view:
+                return hashlib.md5(view).hexdigest() if self.etags_are_md5 else None
+        r = await self._conditional(what, key, if_match, if_none_match,
+                                    lambda: self._verified_upload(what, body, call), own_etag)
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None,
@@ -535,10 +609,25 @@ class S3Client:
             CopySource={"Bucket": self.bucket, "Key": source_key}, CopySourceRange=f"bytes={start}-{end - 1}"))
         return r["CopyPartResult"]["ETag"]
 
-    async def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> str | None:
+    async def complete_multipart(self, key: str, upload_id: str, etags: list[str], *,
+                                 if_match: str | None = None, if_none_match: bool = False) -> str | None:
+        """Complete; conditional like `put` (on failure the caller aborts the upload)."""
         parts = [{"PartNumber": i, "ETag": etag} for i, etag in enumerate(etags, 1)]
-        r = await self._do(f"CompleteMultipartUpload {key}", lambda: self._c.complete_multipart_upload(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}))
+        conditions = self._conditions("complete", if_match, if_none_match)
+        what = f"CompleteMultipartUpload {key}"
+        await self._check_version(what, key, "complete", if_match, if_none_match)
+        def own_etag() -> str | None:          # S3's multipart ETag: MD5 of the part MD5s, "-N"
+            try:
+                digests = [bytes.fromhex(_etag(e) or "") for e in etags]
+            except ValueError:
+                return None
+            if not self.etags_are_md5 or any(len(d) != 16 for d in digests):
+                return None
+            return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+        r = await self._conditional(what, key, if_match, if_none_match, lambda: self._do(
+            what, lambda: self._c.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions)),
+            own_etag)
         return _etag(r.get("ETag"))
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -629,6 +718,62 @@ class S3Client:
                 first = errors[0]
                 raise RemoteIOError(f"DeleteObjects: {len(errors)} keys not deleted, first {first.get('Key')}: "
                                     f"{first.get('Code')}")
+
+    async def probe_conditional_writes(self, prefix: str) -> bool | None:
+        """Find out whether the store enforces conditional writes (sets `enforced`), using
+        only a key of its own, `<prefix>.s3pyfs-probe-<random>`, removed at once.
+
+        PUT If-None-Match: * twice (the second must fail), PUT If-Match: "wrong" (must
+        fail), and a one-byte multipart upload completed with If-Match: "wrong" (must
+        fail).  A store that accepts them anyway, or refuses the headers, does not
+        enforce them; a denied PUT leaves the answer unknown."""
+        key = f"{prefix}{PROBE_NAME}{random.getrandbits(64):016x}"
+        self.enforced = {"put": True, "complete": True}      # send the headers, learn no winner
+        self._probing = True
+        answer: dict[str, bool | None] = {"put": None, "complete": None}
+        try:
+            try:
+                await self.put(key, b"", {}, if_none_match=True)
+            except AccessDenied:
+                return None
+            answer["put"] = (await self._probe_fails(lambda: self.put(key, b"", {}, if_none_match=True))
+                             and await self._probe_fails(lambda: self.put(key, b"", {}, if_match="wrong")))
+            upload_id = await self.create_multipart(key, {})
+            completed = False
+            try:
+                part = await self.upload_part(key, upload_id, 1, b"p")
+                answer["complete"] = await self._probe_fails(
+                    lambda: self.complete_multipart(key, upload_id, [part], if_match="wrong"))
+                completed = answer["complete"] is False
+            finally:
+                if not completed:
+                    with trio.CancelScope(shield=True):
+                        await self.abort_multipart(key, upload_id)
+        except FSError as exc:
+            log.warning("could not find out whether the store enforces conditional writes (%s)", exc)
+        finally:
+            self.enforced, self._probing = answer, False
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.delete(key)
+                except FSError as exc:
+                    log.warning("could not remove the probe object %s: %s", key, exc)
+        return self.conditional_writes
+
+    @staticmethod
+    async def _probe_fails(call) -> bool:
+        """Did a conditional request that must fail fail because of its condition?"""
+        try:
+            await call()
+        except Conflict:
+            return True
+        except (AccessDenied, RemoteIOError) as exc:
+            if isinstance(exc, RemoteTimeout):
+                raise
+            # refused the header (e.g. 501 NotImplemented or 400): not enforced
+            log.info("conditional-write probe: %s", exc)
+            return False
+        return False
 
     async def check_bucket(self) -> None:
         """A cheap request proving endpoint, credentials and bucket (raises StartupError kinds)."""

@@ -10,7 +10,8 @@ settings, connection pool and timeouts) and parses the answer the way
 botocore does.
 Invariants:
   * Only the plain outcomes are answered here: 200 (the headers, in the shape
-    of botocore's HeadObject/PutObject response) and, for HEAD, 404 (absent).  Anything else (a
+    of botocore's HeadObject/PutObject response), for HEAD 404 (absent), and for a
+    conditional PUT 412 (raised as botocore's ClientError PreconditionFailed).  Anything else (a
     redirect, 400/403, 5xx, a connection error, a URL not learnt yet) is
     `FALLBACK`: the caller sends the same request through botocore, which
     retries, follows redirects and raises its errors.
@@ -25,7 +26,8 @@ Invariants:
     or encryption of its own goes through botocore.
   * A HEAD answer has every field s3client reads from botocore's: the kept
     system headers (Content-*, Cache-Control, Expires as `ExpiresString`,
-    storage class, SSE and KMS key id) besides length, ETag, date and metadata.
+    storage class, SSE and KMS key id) besides length, ETag, date and metadata,
+    and the If-Match / If-None-Match header of a conditional commit when given.
   * Runs on the asyncio thread of `loop_thread.LoopThread`, like the client.
 """
 
@@ -38,6 +40,7 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 from botocore.awsrequest import AWSRequest
+from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
 
 log = logging.getLogger(__name__)
@@ -53,7 +56,8 @@ _HEAD_FIELDS = {"ContentType": "content-type", "ContentEncoding": "content-encod
 # PutObject arguments this path can send as they are (botocore's names -> HTTP headers)
 _PUT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encoding",
                 "CacheControl": "Cache-Control", "ContentDisposition": "Content-Disposition",
-                "ContentLanguage": "Content-Language", "Expires": "Expires"}
+                "ContentLanguage": "Content-Language", "Expires": "Expires",
+                "IfMatch": "If-Match", "IfNoneMatch": "If-None-Match"}     # conditional commits
 
 
 def _key_path(key: str) -> str:
@@ -163,4 +167,10 @@ class FastPath:
         response = await self._send("PutObject", "PUT", key, headers, body)
         if response is not None and response.status_code == 200 and "etag" in response.headers:
             return {"ETag": response.headers["etag"]}
+        if response is not None and response.status_code == 412 and ("IfMatch" in args or "IfNoneMatch" in args):
+            # the condition failed: final, sending it again through botocore would only repeat it
+            raise ClientError({"Error": {"Code": "PreconditionFailed", "Message": "precondition failed"},
+                               "ResponseMetadata": {"HTTPStatusCode": 412,
+                                                    "RequestId": response.headers.get("x-amz-request-id", "")}},
+                              "PutObject")
         return FALLBACK

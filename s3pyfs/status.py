@@ -150,6 +150,13 @@ def render(stats: dict | None, code: int, reasons: list[str], mountpoint: str, n
             lines.append(f"              {bar((peak - dirty['bytes']) / peak)} of {size(peak)} uploaded")
     else:
         lines.append("  dirty       none: everything written is in S3")
+    if "conditional_writes" in stats:
+        enforced = stats["conditional_writes"]
+        text = {True: "conditional (the store enforces If-Match / If-None-Match)",
+                False: "checked by a HEAD before each commit (the store does not enforce conditional writes)",
+                None: "conditional writes unknown (read-only, or the probe was refused)"}[enforced]
+        conflicts = stats.get("conflicts", 0)
+        lines.append(f"  writes      {text}" + (f", {conflicts} conflict(s) kept in lost+found" if conflicts else ""))
     cache = stats.get("stat_cache") or {}
     lookups = cache.get("hits", 0) + cache.get("misses", 0)
     ratio = f", {100 * cache.get('hits', 0) / lookups:.0f}% hits" if lookups else ""

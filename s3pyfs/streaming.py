@@ -137,8 +137,9 @@ class Stream:
         etag = await self.client.upload_part(self.key, upload_id, index + 1, data)
         self.done[index] = (generation, etag)
 
-    async def finish(self, fd: int, size: int, metadata: dict[str, str]) -> str | None:
-        """Complete the upload with every part current; raises FSError (caller aborts)."""
+    async def finish(self, fd: int, size: int, metadata: dict[str, str], condition: dict | None = None) -> str | None:
+        """Complete the upload with every part current; raises FSError (caller aborts).
+        `condition`: if_match / if_none_match of a conditional commit (writeback.py)."""
         # a part finishing meanwhile would start the next one (kick): stop that first, or
         # finish() would send parts that are already on their way a second time
         self.finishing = True
@@ -149,7 +150,7 @@ class Stream:
             etags = await self._final_parts(fd, size)
         finally:
             self.finishing = False
-        etag = await self.client.complete_multipart(self.key, self.upload_id, etags)
+        etag = await self.client.complete_multipart(self.key, self.upload_id, etags, **(condition or {}))
         self.track(self.upload_id, False)
         self.upload_id = None
         if without_times(metadata) != self.metadata or self.explicit_times:

@@ -23,10 +23,23 @@ Invariants:
     `source_limit` was written for the first time (`written`), it was
     truncated, a multipart upload started, or an upload left it still dirty.
     A clean file has no record (see journal.py).
+  * Versions, not hopes: every byte fetched from S3 comes from `base_etag`, the
+    version the local data is based on (the fetch is pinned: If-Match), so a
+    replaced object is a `Conflict` (EIO), never a mix of two versions.
+  * The commit (PUT or CompleteMultipartUpload) to `base_key` is conditional:
+    If-None-Match: * while the file was created here and never uploaded
+    (`absent`); If-Match: `base_etag` while the content still depends on the
+    base (`depends_on_base`: some bytes came or may come from it, i.e. not
+    every byte of it was written or truncated away locally since it became
+    the base); unconditional (last writer wins) when every byte is local.
+    After an upload the new ETag is the base and the file depends on it
+    again.  A failed condition raises `Conflict`: nothing was overwritten,
+    and the owner keeps the data elsewhere (files.py: lost+found).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import os
@@ -35,7 +48,7 @@ from typing import Awaitable, Callable
 import trio
 
 from .concurrency import run_all
-from .errors import NoSpace, RemoteIOError
+from .errors import Conflict, FSError, NoSpace, NotFound, RemoteIOError
 from .journal import Record
 from .streaming import Stream, read_part
 
@@ -45,7 +58,8 @@ BLOCK = 1024 * 1024
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 
-Fetch = Callable[[int, int], Awaitable[bytes]]     # (start, end) of the source object -> bytes
+# (start, end) of the source object -> bytes; called (start, end, etag) to pin the version
+Fetch = Callable[..., Awaitable[bytes]]
 
 
 def part_size_for(size: int, configured: int) -> int:
@@ -58,12 +72,17 @@ def part_size_for(size: int, configured: int) -> int:
 
 class Staging:
     def __init__(self, record: Record, size: int, source_limit: int, base_etag: str | None = None,
-                 resize: bool = True):
+                 resize: bool = True, *, base_key: str | None = None, absent: bool = False):
         self.record = record
         self.fd = record.fd
         self.size = size
         self.source_limit = source_limit          # [0, source_limit) still comes from S3
         self.base_etag = base_etag                # the S3 version [0, source_limit) comes from
+        self.base_key = base_key                  # the key base_etag is a version of (None: unknown)
+        self.absent = absent                      # created here, never uploaded: If-None-Match: *
+        self.depends_on_base = base_etag is not None and not absent
+        self._base_size = source_limit            # [0, _base_size) held the base's bytes ...
+        self._covered: list[tuple[int, int]] = [] # ... and these ranges of it were written since
         self.present: set[int] = set()
         self.written: set[int] = set()            # blocks below source_limit changed locally
         self.fetching: dict[int, trio.Event] = {}
@@ -148,7 +167,16 @@ class Staging:
         async def one(run: list[int]) -> None:
             start = run[0] * BLOCK
             end = min((run[-1] + 1) * BLOCK, self.source_limit)
-            data = await fetch(start, end) if end > start else b""
+            if end <= start:
+                data = b""
+            elif self.base_etag is None:
+                data = await fetch(start, end)
+            else:
+                try:
+                    data = await fetch(start, end, self.base_etag)     # pinned: If-Match
+                except NotFound:
+                    raise Conflict(f"the object was deleted in S3; this file's data was based on version "
+                                   f"{self.base_etag}") from None
             self._store_fetched(run, start, data)
         try:
             await run_all((functools.partial(one, run) for run in runs), parallel)
@@ -193,6 +221,7 @@ class Staging:
                 await event.wait()
         # no awaits from here on: the write and the bookkeeping are one step
         self._pwrite(data, offset)
+        self._cover(offset, end)
         self.size = max(self.size, end)
         self.present.update(range(first, last + 1))
         fresh = [b for b in range(first, min(last + 1, -(-self.source_limit // BLOCK))) if b not in self.written]
@@ -222,6 +251,7 @@ class Staging:
         except OSError as exc:
             raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
         self.source_limit = min(self.source_limit, new_size)
+        self._base_truncated(new_size)
         self.present = {b for b in self.present if b * BLOCK < new_size}
         self.written = {b for b in self.written if b * BLOCK < self.source_limit}
         if self.stream is not None:
@@ -229,6 +259,43 @@ class Staging:
         self.size = new_size
         self.generation += 1
         self._journal()
+
+    def _cover(self, start: int, end: int) -> None:
+        """Bytes [start, end) were written locally: once every byte of the base is,
+        the content no longer depends on it (last writer wins from then on).
+        `_covered` is sorted and disjoint; a write costs O(log n) plus the merge."""
+        if not self.depends_on_base:
+            return
+        end = min(end, self._base_size)
+        ranges = self._covered
+        if start < end:
+            i = bisect.bisect_left(ranges, (start, -1))
+            if i > 0 and ranges[i - 1][1] >= start:
+                i -= 1
+            j = i
+            while j < len(ranges) and ranges[j][0] <= end:
+                start, end = min(start, ranges[j][0]), max(end, ranges[j][1])
+                j += 1
+            ranges[i:j] = [(start, end)]
+        if self._base_size == 0 or ranges == [(0, self._base_size)]:
+            self.depends_on_base = False
+            self._covered = []
+
+    def _base_truncated(self, new_size: int) -> None:
+        """The file was cut to `new_size`: base bytes past it no longer matter."""
+        self._base_size = min(self._base_size, new_size)
+        self._covered = [(lo, min(hi, new_size)) for lo, hi in self._covered if lo < new_size]
+        self._cover(0, 0)
+
+    def condition(self, key: str) -> dict:
+        """Arguments of a conditional commit of this content to `key` (see the module doc)."""
+        if self.base_key is None or key != self.base_key:
+            return {}                   # another name (rename target): replaced as rename does
+        if self.absent:
+            return {"if_none_match": True}
+        if self.depends_on_base and self.base_etag:
+            return {"if_match": self.base_etag}
+        return {}
 
     # ---- upload ------------------------------------------------------------
     async def upload(self, client, key: str, metadata: dict[str, str], fetch: Fetch,
@@ -238,38 +305,60 @@ class Staging:
         `headers`; returns the new ETag.  Raises FSError."""
         async with self.upload_lock:
             generation = self.generation
-            await self.ensure(0, self.size, fetch, parallel)
+            try:
+                await self.ensure(0, self.size, fetch, parallel)
+            except Conflict as exc:          # a pinned fetch found another version
+                raise await self._named_conflict(client, key, exc) from None
             size = self.size
+            condition = self.condition(key)
             stream, self.stream = self.stream, None
             etag = None
             if stream is not None:
-                etag = await self._finish_stream(stream, key, size, metadata)
+                etag = await self._finish_stream(stream, key, size, metadata, condition)
             if etag is None:
                 if size <= multipart_threshold:
-                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type, headers)
+                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type, headers,
+                                            **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
-                                                 content_type, headers)
-            self._uploaded(generation, etag)
+                                                 content_type, condition, headers)
+            self._uploaded(generation, etag, key, size)
             return etag
 
-    def _uploaded(self, generation: int, etag: str | None) -> None:
+    async def _named_conflict(self, client, key: str, exc: Conflict) -> Conflict:
+        """`exc` with the version that won (one HEAD), for the owner's lost+found record."""
+        if exc.current_etag is not None:
+            return exc
+        try:
+            current = await client.head(key)
+        except FSError:
+            return exc
+        won = "the object was deleted" if current is None else f"version {current.etag} won"
+        return Conflict(f"{key}: {won}; this data was based on version {self.base_etag} ({exc})",
+                        current_etag=current.etag if current is not None else None)
+
+    def _uploaded(self, generation: int, etag: str | None, key: str, size: int) -> None:
         self.clean_generation = generation
         # everything below `size` is now local and equals what S3 holds
         self.source_limit = 0
         self.written.clear()
         self.base_etag = etag
+        # the new version is the base: later changes are changes of it
+        self.base_key, self.absent = key, False
+        self.depends_on_base = etag is not None
+        self._base_size, self._covered = size, []
         if self.dirty:
             self._journal()         # changed during the upload: the record now points at `etag`
         else:
             self.record.clear()
 
-    async def _finish_stream(self, stream: Stream, key: str, size: int, metadata: dict[str, str]) -> str | None:
+    async def _finish_stream(self, stream: Stream, key: str, size: int, metadata: dict[str, str],
+                             condition: dict) -> str | None:
         """Complete a streaming upload; None when it cannot be used (then it is aborted)."""
         usable = not stream.abandoned and stream.key == key and stream.part < size <= stream.part * MAX_PARTS
         if usable:
             try:
-                return await stream.finish(self.fd, size, metadata)
+                return await stream.finish(self.fd, size, metadata, condition)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await stream.abort()
@@ -278,7 +367,7 @@ class Staging:
             await stream.abort()
         return None
 
-    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type,
+    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type, condition,
                          headers=None):
         part = part_size_for(size, configured_part)
         count = (size + part - 1) // part
@@ -291,7 +380,7 @@ class Staging:
             etags[index] = await client.upload_part(key, upload_id, index + 1, read_part(self.fd, start, length))
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
-            etag = await client.complete_multipart(key, upload_id, etags)
+            etag = await client.complete_multipart(key, upload_id, etags, **condition)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await client.abort_multipart(key, upload_id)
