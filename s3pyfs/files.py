@@ -30,7 +30,7 @@ import trio
 from . import journal, metrics
 from .core import CoreBase, now_ns
 from . import namespace
-from .errors import Conflict, FSError, IsADirectory, NameTooLong, NotFound, Stale
+from .errors import Conflict, FSError, IsADirectory, NameTooLong, NotFound, Stale, StateDirError
 from .handles import FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import user_metadata
@@ -350,11 +350,14 @@ class FileOps(CoreBase):
                  "source_limit": staging.source_limit, "written": sorted(staging.written),
                  "metadata": user_metadata(node.attrs)}
         staging.record.pool = None          # the file moves away: it must not be recycled
-        store = os.path.dirname(self.journal.directory)
         try:
-            where = journal.move_to_lost_and_found(store, staging.record, entry, f"conflict: {exc}")
-        except OSError as error:
-            where = f"nowhere ({error.strerror}; it stays in {staging.record.data_path})"
+            store = self.journal.store()
+            try:
+                where = journal.move_to_lost_and_found(store, staging.record, entry, f"conflict: {exc}")
+            finally:
+                store.close()
+        except (OSError, FSError, StateDirError) as error:
+            where = f"nowhere ({getattr(error, 'strerror', None) or error}; it stays in {staging.record.data_path})"
         staging.fd = -1                     # closed by the move
         staging.failed = False
         staging.mark_clean()

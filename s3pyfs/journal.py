@@ -188,6 +188,14 @@ class Journal:
         os.mkdir(name, 0o700, dir_fd=store.fd)
         return cls(os.path.join(store.path, name), parent=store)
 
+    def store(self) -> Dir:
+        """The store directory this instance lives in (lost+found is there); the caller
+        closes it."""
+        path = os.path.dirname(self.directory)
+        if self._parent_fd >= 0:
+            return Dir(os.dup(self._parent_fd), path)
+        return Dir(os.open(path, statedir.DIR_FLAGS), path)
+
     def new_record(self) -> Record:
         if self._spare:
             return self._spare.pop()

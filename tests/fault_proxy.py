@@ -209,11 +209,13 @@ class FaultProxy(TcpProxy):
         with self._lock:
             self.faults = []
 
-    def count(self, method: str | None = None, query: str | None = None) -> int:
-        """Requests seen so far, optionally only of one method / with one query parameter."""
+    def count(self, method: str | None = None, query: str | None = None, path: str | None = None) -> int:
+        """Requests seen so far, optionally only of one method / with one query parameter /
+        whose path holds `path`."""
         with self._lock:
             return sum(1 for m, target, _ in self.seen
                        if (method is None or m == method)
+                       and (path is None or path in urllib.parse.urlsplit(target).path)
                        and (query is None or query in urllib.parse.parse_qs(
                            urllib.parse.urlsplit(target).query, keep_blank_values=True)))
 
