@@ -91,7 +91,11 @@ class FileOps(CoreBase):
             self.invalidate_attrs(node.ino)         # the kernel must not clip reads at the old size
 
     def _new_reader(self, node: Node) -> ObjectReader:
-        store = self.disk_cache.bind(self.inodes.file_key(node), node.attrs.etag) if self.disk_cache else None
+        try:
+            key = self.inodes.file_key(node)
+        except KeyError:
+            raise Stale(f"{node.name} was removed or replaced while open") from None
+        store = self.disk_cache.bind(key, node.attrs.etag) if self.disk_cache else None
         # pinned to the version seen at open: a replaced object gives EIO, never a mix
         return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn, store=store,
                             part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel),
@@ -205,6 +209,8 @@ class FileOps(CoreBase):
                 await self._upload(node)
             except NameTooLong:
                 return                  # reported to close() by flush; the node is gone
+            except Conflict:
+                pass                    # in lost+found now, logged once by _conflicted
             except FSError as exc:
                 log.error("could not upload %s at close (%s); the data stays staged and is retried in the "
                           "background, at the next flush and at unmount", self._describe(node), exc)
@@ -292,11 +298,13 @@ class FileOps(CoreBase):
 
         async def one(node: Node) -> None:
             async with limiter:
+                key = self._describe(node)
                 try:
                     await self._upload(node)
                     self._drop_staging_if_idle(node)
+                except Conflict:                # logged once, with where the data went
+                    failed.append(f"{key} (changed in S3 meanwhile: kept in lost+found)")
                 except Exception as exc:        # noqa: BLE001 - one file's failure never ends the drain
-                    key = self._describe(node)
                     log.error("could not upload %s: %s", key, exc, exc_info=not isinstance(exc, FSError))
                     failed.append(key)
 
@@ -325,6 +333,8 @@ class FileOps(CoreBase):
             for node in pending:
                 try:
                     await self._upload(node)
+                except Conflict:
+                    continue                    # in lost+found now (logged); the store answers
                 except Exception as exc:        # noqa: BLE001
                     log.info("background retry of %s failed: %s", self._describe(node), exc,
                              exc_info=not isinstance(exc, FSError))
