@@ -88,6 +88,7 @@ class CoreBase:
         self.inodes = InodeTable(root, config.prefix)
         self.handles = HandleTable()
         self.owners = Owners(self.inodes)     # who may change where a file's object lives
+        self._drain_conflicts: list[str] = []  # files the unmount drain sent to lost+found
         # directory attributes the backend would not keep on `dir/` markers (SeaweedFS)
         self.dir_attr_overrides: LRUCache = LRUCache(maxsize=max(1, config.cache_entries))
         self.dir_metadata_kept: bool | None = None

@@ -293,7 +293,8 @@ class FileOps(CoreBase):
         timeout = self.cfg.drain_timeout
         if self._drain_deadline is None:      # SIGTERM then unmount: one budget for both
             self._drain_deadline = trio.current_time() + timeout
-        failed: list[str] = []
+        failed = self._drain_conflicts        # kept in lost+found by an earlier drain (SIGTERM)
+        self.draining = True                  # the mount is going: no more kernel invalidations
         limiter = trio.CapacityLimiter(max(1, min(self.cfg.parallel, DRAIN_PARALLEL)))
 
         async def one(node: Node) -> None:
@@ -314,10 +315,11 @@ class FileOps(CoreBase):
                     nursery.start_soon(one, node)
         if scope.cancelled_caught:
             log.error("stopped uploading dirty data after %g s", timeout)
-            failed.extend(self._describe(n) for n in self.dirty_nodes() if self._describe(n) not in failed)
-        return failed
+            return failed + [self._describe(n) for n in self.dirty_nodes() if self._describe(n) not in failed]
+        return list(failed)
 
     _drain_deadline: float | None = None
+    draining = False
 
     async def retry_failed_uploads(self) -> None:
         """Background task: upload files whose upload failed, with backoff, until cancelled.
@@ -376,7 +378,8 @@ class FileOps(CoreBase):
             name = node.name
             self.inodes.detach(parent.ino, name)
             self.cache.invalidate_tree(self.inodes.dir_prefix(parent))
-            self.invalidate_entry(parent.ino, name)
+            if not self.draining:
+                self.invalidate_entry(parent.ino, name)
         self._drop_staging(node)
         metrics.counters.conflicts += 1
         log.error("not uploading %s: %s; the local data is kept in %s", key, exc, where)

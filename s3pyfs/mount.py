@@ -332,9 +332,9 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                     fs.disk_cache.clear()
                 monitor.close()
         if failed:
-            log.error("unmounted with %d file(s) not uploaded: %s; their data is kept in %s and uploaded by the "
-                      "next mount of this bucket by the same user with the same %s", len(failed),
-                      ", ".join(failed[:20]), jrnl.directory, "use_cache=" if opts.use_cache else "tmpdir=")
+            log.error("unmounted with %d file(s) not uploaded: %s; the data of those not kept in lost+found is in "
+                      "%s and uploaded by the next mount of this bucket by the same user with the same %s",
+                      len(failed), ", ".join(failed[:20]), jrnl.directory, "use_cache=" if opts.use_cache else "tmpdir=")
             return EXIT_DIRTY
         log.info("unmounted %s cleanly", opts.mountpoint)
         return EXIT_OK

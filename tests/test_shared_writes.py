@@ -16,6 +16,7 @@ import errno
 import inspect
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -353,3 +354,28 @@ def test_stat_right_after_an_external_change_with_no_stat_cache(s3, bucket, moun
     s3.put_object(Bucket=bucket, Key="g", Body=b"new name")
     assert "g" in os.listdir(m.path)
     assert (m.path / "g").read_bytes() == b"new name"
+
+
+def test_conflict_found_by_the_unmount_drain_says_where_the_data_went(s3, bucket, mount, tmp_path):
+    """SIGTERM with a file still open and dirty, whose object another client replaced: the
+    drain does not overwrite it, exits 6 naming the file as kept in lost+found, and logs no
+    second, misleading "could not upload ... kept in the journal" line for it."""
+    m = mount(bucket, f"tmpdir={tmp_path}")
+    m.expect_clean_exit = False
+    (m.path / "doc").write_bytes(b"A" * 3 * MiB)
+    fd = os.open(m.path / "doc", os.O_WRONLY)
+    os.pwrite(fd, b"local edit", 0)                 # depends on the version opened
+    s3.put_object(Bucket=bucket, Key="doc", Body=b"B" * 1000)
+    m.proc.send_signal(signal.SIGTERM)
+    code = m.proc.wait(60)
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    log = m.log_text()
+    assert code == 6, log[-2000:]
+    assert body(s3, bucket, "doc") == b"B" * 1000
+    assert "doc (changed in S3 meanwhile: kept in lost+found)" in log
+    assert "could not upload doc" not in log
+    kept = list(tmp_path.rglob("lost+found/*/data"))
+    assert len(kept) == 1 and kept[0].read_bytes()[:10] == b"local edit"
