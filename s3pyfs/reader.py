@@ -13,6 +13,13 @@ few, large, overlapping requests.
     background ahead of the reader: two parts ahead at first, doubling per part
     consumed, up to `max_ahead` (the read-ahead window), with at most
     `parallel` GETs in flight.  One part behind the reader is kept.
+  * Part memory comes from the mount's `budget.MemoryBudget`: the parts the
+    current read needs are reserved (always granted, so a reader always
+    progresses and never waits for memory while holding parts); read-ahead
+    parts are taken only when they fit (`try_acquire`), so the window shrinks
+    under pressure, down to no read-ahead, and grows back when memory frees.
+    A first/random/small read waits for its bytes (`acquire`) while holding
+    no parts.
   * A read away from the parts (a seek) drops them and starts over.
   * Given the object's `etag` (the version the handle saw at open), every
     fetch is pinned to it: `fetch(start, end, etag)`, which fails (EIO) when
@@ -20,7 +27,10 @@ few, large, overlapping requests.
 Invariants:
   * Bytes handed to the caller are exactly what was asked for: a fetch that
     comes back short is an error, never a short or padded read.
-  * Memory per handle is bounded by (max_ahead + 2) * part.
+  * Memory per handle is bounded by (max_ahead + 2) * part, and all handles
+    together by the budget (plus at most the parts of reads in progress).
+    Every part in `_parts` holds `held` bytes of the budget, given back
+    exactly once when it leaves `_parts` (`_discard`).
   * Prefetch tasks run in the filesystem's background nursery under this
     reader's cancel scopes; `close()` cancels them.  Without a nursery (core
     tests) parts are fetched in the foreground, same results.
@@ -35,6 +45,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from .budget import MemoryBudget
 from .errors import FSError, RemoteIOError
 
 Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
@@ -45,7 +56,7 @@ SEQUENTIAL_AFTER = 1024 * 1024
 
 
 class _Part:
-    __slots__ = ("done", "data", "error", "scope", "cancelled")
+    __slots__ = ("done", "data", "error", "scope", "cancelled", "held")
 
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -53,13 +64,15 @@ class _Part:
         self.error: FSError | None = None
         self.scope = trio.CancelScope()
         self.cancelled = False
+        self.held = 0                  # bytes of the memory budget this part holds
 
 
 class ObjectReader:
     def __init__(self, fetch: Fetch, size: int, *, spawn: Spawn | None = None,
                  part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4, store=None,
-                 etag: str | None = None):
+                 etag: str | None = None, budget: MemoryBudget | None = None):
         self._fetch = fetch
+        self._budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.etag = etag
         self._store = store            # disk_cache.ObjectBlocks or None
         self.size = size
@@ -96,7 +109,8 @@ class ObjectReader:
         return await self._exact(offset, end)   # a first or random read: no read-ahead
 
     async def _exact(self, offset: int, end: int) -> bytes:
-        return await self._get(offset, end)
+        async with self._budget.held(end - offset):
+            return await self._get(offset, end)
 
     async def _get(self, lo: int, hi: int) -> bytes:
         """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
@@ -115,7 +129,8 @@ class ObjectReader:
     async def _buffered(self, offset: int, end: int) -> bytes:
         """The 1 MiB-aligned block(s) around [offset, end), kept as this handle's buffer."""
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
-        data = b"".join([await self._block(MIN_WINDOW, index) for index in range(first, last + 1)])
+        async with self._budget.held(min(self.size, (last + 1) * MIN_WINDOW) - first * MIN_WINDOW):
+            data = b"".join([await self._block(MIN_WINDOW, index) for index in range(first, last + 1)])
         self._buf_start, self._buf = first * MIN_WINDOW, data
         return data[offset - self._buf_start:end - self._buf_start]
 
@@ -142,7 +157,8 @@ class ObjectReader:
         top = min(last + self._ahead, (self.size - 1) // self.part)
         for index in range(first, top + 1):
             if index not in self._parts:
-                self._start_part(index, foreground=index <= last)
+                if self._start_part(index, foreground=index <= last) is None:
+                    break              # no room for more read-ahead now: the window shrinks
         chunks = []
         for index in range(first, last + 1):
             slot = self._parts.get(index)
@@ -152,7 +168,12 @@ class ObjectReader:
                 await self._wait_or_fetch(index, slot)
             if slot.cancelled:          # dropped by a concurrent seek while we waited
                 slot = _Part()
-                await self._fill(index, slot)
+                slot.held = self._part_len(index)
+                self._budget.reserve(slot.held)
+                try:
+                    await self._fill(index, slot)
+                finally:
+                    self._budget.release(slot.held)
             if slot.error is not None:
                 self._discard(index)
                 raise slot.error
@@ -160,8 +181,18 @@ class ObjectReader:
             chunks.append(slot.data[max(offset, lo) - lo:min(end, lo + self.part) - lo])
         return b"".join(chunks)
 
-    def _start_part(self, index: int, foreground: bool) -> _Part:
+    def _part_len(self, index: int) -> int:
+        return min(self.part, self.size - index * self.part)
+
+    def _start_part(self, index: int, foreground: bool) -> _Part | None:
+        """Start part `index`; a read-ahead part only if the budget has room (else None)."""
+        length = self._part_len(index)
+        if foreground:
+            self._budget.reserve(length)
+        elif not self._budget.try_acquire(length):
+            return None
         slot = _Part()
+        slot.held = length
         self._parts[index] = slot
         if self._spawn is not None:
             self._spawn(self._fill, index, slot)
@@ -190,8 +221,12 @@ class ObjectReader:
 
     def _discard(self, index: int) -> None:
         slot = self._parts.pop(index, None)
-        if slot is not None and not slot.done.is_set():
+        if slot is None:
+            return
+        if not slot.done.is_set():
             slot.scope.cancel()
+        held, slot.held = slot.held, 0
+        self._budget.release(held)
 
     def _drop_parts(self) -> None:
         for index in list(self._parts):

@@ -14,7 +14,12 @@ Invariants:
   * `generation` counts changes; `upload()` records the generation it started
     from and the file is clean only if nothing changed meanwhile.  A failed
     upload leaves the file dirty (and aborts its multipart upload).
-  * At most `parallel` parts are in memory at once during an upload.
+  * At most `parallel` parts are in memory at once during an upload, and
+    every part buffer (a PUT body, a multipart part, a run of fetched
+    blocks) is taken from the mount's memory budget (`client.memory` for
+    uploads, the fetch function's `memory` attribute for fetches, set by
+    core.CoreBase._fetcher) around its one request, waiting for room
+    while holding nothing else.
   * The staging file is a named `journal.Record`; `on_change` (set by the
     owner, synchronous) re-writes its journal record whenever recovery would
     need different facts: the file became dirty, a block below
@@ -143,11 +148,19 @@ class Staging:
                 runs.append([b])
         for b in blocks:
             self.fetching[b] = trio.Event()
+        memory = getattr(fetch, "memory", None)      # the mount's MemoryBudget, if the fetcher has one
+
         async def one(run: list[int]) -> None:
             start = run[0] * BLOCK
             end = min((run[-1] + 1) * BLOCK, self.source_limit)
-            data = await fetch(start, end) if end > start else b""
-            self._store_fetched(run, start, data)
+            if end <= start:
+                self._store_fetched(run, start, b"")
+                return
+            if memory is None:
+                self._store_fetched(run, start, await fetch(start, end))
+                return
+            async with memory.held(end - start):
+                self._store_fetched(run, start, await fetch(start, end))
         try:
             await run_all((functools.partial(one, run) for run in runs), parallel)
         finally:
@@ -242,7 +255,8 @@ class Staging:
                 etag = await self._finish_stream(stream, key, size, metadata)
             if etag is None:
                 if size <= multipart_threshold:
-                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type)
+                    async with client.memory.held(size):
+                        etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
                                                  content_type)
@@ -283,7 +297,9 @@ class Staging:
         async def one(index: int) -> None:
             start = index * part
             length = min(part, size - start)
-            etags[index] = await client.upload_part(key, upload_id, index + 1, read_part(self.fd, start, length))
+            async with client.memory.held(length):
+                etags[index] = await client.upload_part(key, upload_id, index + 1,
+                                                        read_part(self.fd, start, length))
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
             etag = await client.complete_multipart(key, upload_id, etags)
