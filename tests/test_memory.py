@@ -264,3 +264,30 @@ def test_multipart_size_must_fit_the_memory_budget_twice():
         parse_args(["bucket", "/mnt", "-o", "multipart_size=200,max_memory=256"])
     opts = parse_args(["bucket", "/mnt", "-o", "multipart_size=128,max_memory=256"])
     assert opts.max_memory == 256
+
+
+# ---------------------------------------------------------------------- peak RSS of a mount
+RSS_LIMIT_MIB = 512
+
+
+def test_peak_rss_of_16_concurrent_sequential_readers(mount, bucket, s3):
+    import memory_load
+    sizes, data = memory_load.put_reader_objects(s3, bucket, 16)
+    m = mount(bucket)
+    memory_load.reset_peak_rss(m.proc.pid)
+    memory_load.read_concurrently(m.path, sizes, data)
+    peak = memory_load.peak_rss_mib(m.proc.pid)
+    print(f"peak RSS, 16 readers of 64-79 MiB: {peak:.0f} MiB")
+    assert peak < RSS_LIMIT_MIB, f"peak RSS {peak:.0f} MiB with 16 concurrent readers"
+
+
+def test_peak_rss_of_32_concurrent_writers(mount, bucket, s3):
+    import memory_load
+    m = mount(bucket)
+    memory_load.reset_peak_rss(m.proc.pid)
+    names = memory_load.write_concurrently(m.path / "out", 32, 64 * MiB)
+    peak = memory_load.peak_rss_mib(m.proc.pid)
+    print(f"peak RSS, 32 writers of 64 MiB: {peak:.0f} MiB")
+    for name in names:                           # every file arrived whole
+        assert s3.head_object(Bucket=bucket, Key=f"out/{name}")["ContentLength"] == 64 * MiB
+    assert peak < RSS_LIMIT_MIB, f"peak RSS {peak:.0f} MiB with 32 concurrent writers"
