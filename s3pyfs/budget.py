@@ -43,6 +43,9 @@ import trio
 
 MiB = 1024 * 1024
 DEFAULT_MAX_MEMORY_MIB = 256
+# A GET body exists twice while it is received (aiohttp's list of chunks, then the joined
+# bytes): a download is charged this many times its size until it has arrived.
+IN_FLIGHT = 2
 
 
 class MemoryBudget:
@@ -56,6 +59,10 @@ class MemoryBudget:
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    def pressed(self, n: int) -> bool:
+        """True when `n` more bytes would not be granted by `try_acquire` now."""
+        return bool(self._waiters) or self.used + n > self.limit
 
     def _fits(self, n: int) -> bool:
         return self.used + n <= self.limit or self.used == 0

@@ -37,6 +37,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from .budget import IN_FLIGHT
 from .concurrency import run_all
 from .errors import NoSpace, RemoteIOError
 from .journal import Record
@@ -159,7 +160,7 @@ class Staging:
             if memory is None:
                 self._store_fetched(run, start, await fetch(start, end))
                 return
-            async with memory.held(end - start):
+            async with memory.held(IN_FLIGHT * (end - start)):     # a GET body is briefly held twice
                 self._store_fetched(run, start, await fetch(start, end))
         try:
             await run_all((functools.partial(one, run) for run in runs), parallel)
