@@ -95,6 +95,9 @@ def parse_args(argv: list[str]) -> MountOptions | None:
             setattr(opts, attr, os.path.abspath(getattr(opts, attr)))
     if opts.debug:
         opts.log_level = "DEBUG"
+    if opts.multipart_size * 2 > opts.max_memory:      # a part buffer must fit the memory budget twice
+        raise UsageError(f"multipart_size={opts.multipart_size} needs max_memory={opts.multipart_size * 2} "
+                         f"or more (max_memory={opts.max_memory}); lower multipart_size or raise max_memory")
     return opts
 
 

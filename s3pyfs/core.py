@@ -140,6 +140,7 @@ class CoreBase:
             except KeyError:
                 raise Stale(f"{node.name} was removed or replaced while open") from None
             return await self.client.get_range(key, start, end, etag=etag)
+        fetch.memory = self.client.memory   # staging fills take their buffers from the budget (writeback.py)
         return fetch
 
     def _attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:

@@ -99,7 +99,7 @@ class FileOps(CoreBase):
         # pinned to the version seen at open: a replaced object gives EIO, never a mix
         return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn, store=store,
                             part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel),
-                            etag=node.attrs.etag)
+                            etag=node.attrs.etag, budget=self.client.memory)
 
     def _staging_for(self, node: Node) -> Staging:
         if node.staging is None:

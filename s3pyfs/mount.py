@@ -93,7 +93,8 @@ def make_settings(opts: MountOptions) -> ClientSettings:
         path_style=opts.path_style, profile=opts.profile if keys is None and providers is None else None,
         static_keys=keys, retries=opts.retries, connect_timeout=opts.connect_timeout,
         read_timeout=opts.readwrite_timeout, request_timeout=opts.request_timeout,
-        max_connections=max(32, opts.parallel_count * 4), request_args=request_args(opts),
+        max_connections=max(32, opts.parallel_count * 4), max_memory=opts.max_memory * 1024 * 1024,
+        request_args=request_args(opts),
         verify_tls=not opts.no_check_certificate, signature_version=signature, credential_providers=providers)
 
 

@@ -100,6 +100,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("ensure_diskfree", "ensure_diskfree", v.whole(0, 2**40), "MiB of free space the disk cache leaves on its filesystem"),
     # --- transfers and caches
     Option("multipart_size", "multipart_size", v.whole(5, 5120), "part size in MiB of multipart uploads; larger files use multipart (default 10)"),
+    Option("max_memory", "max_memory", v.whole(16, 1024 * 1024), "MiB of data buffers (read-ahead, upload parts, fetches) all files together hold in memory (default 256)",
+           details="Read-ahead shrinks when the budget is used up and writers wait for room; nothing fails for "
+           "lack of it. The process itself needs about 100 MiB on top. multipart_size may be at most half of it."),
     Option("parallel_count", "parallel_count", v.whole(1, 128), "parallel requests for multipart transfers and directory renames (default 8)"),
     Option("max_thread_count", "parallel_count", v.whole(1, 128), "alias of parallel_count"),
     Option("multireq_max", None, v.whole(1, 1000), _NO_EFFECT + "listing fan-out is bounded by parallel_count"),
@@ -229,6 +232,7 @@ class MountOptions:
     ensure_diskfree: int | None = None  # MiB
     multipart_size: int = 10
     parallel_count: int = 8
+    max_memory: int = 256               # MiB (budget.py)
     stat_cache_expire: float = 5.0
     negative_cache_expire: float = 1.0
     max_stat_cache_size: int = 100_000

@@ -13,6 +13,18 @@ few, large, overlapping requests.
     background ahead of the reader: two parts ahead at first, doubling per part
     consumed, up to `max_ahead` (the read-ahead window), with at most
     `parallel` GETs in flight.  One part behind the reader is kept.
+  * Part memory comes from the mount's `budget.MemoryBudget`.  A GET body
+    exists twice while it is received (aiohttp's chunks, then the joined
+    bytes), so a fetch is charged `IN_FLIGHT` times its size until it
+    arrives, then once while kept.  Read-ahead parts are taken only when
+    they fit (`try_acquire`), so the window shrinks under pressure and grows
+    back when memory frees.  Under pressure (the budget has no room for one
+    more part) a reader keeps no part behind it and, when the part it needs
+    is not there, reads 1 MiB blocks instead (reserved: always granted, so a
+    reader always progresses, and never waits for memory while it holds
+    parts).  The parts a read needs when there is room are reserved too.
+    A first/random/small read waits for its bytes (`acquire`) while holding
+    no parts.
   * A read away from the parts (a seek) drops them and starts over.
   * Given the object's `etag` (the version the handle saw at open), every
     fetch is pinned to it: `fetch(start, end, etag)`, which fails (EIO) when
@@ -20,7 +32,10 @@ few, large, overlapping requests.
 Invariants:
   * Bytes handed to the caller are exactly what was asked for: a fetch that
     comes back short is an error, never a short or padded read.
-  * Memory per handle is bounded by (max_ahead + 2) * part.
+  * Memory per handle is bounded by (max_ahead + 2) * part, and all handles
+    together by the budget (plus at most the parts of reads in progress).
+    Every part in `_parts` holds `held` bytes of the budget, given back
+    exactly once when it leaves `_parts` (`_discard`).
   * Prefetch tasks run in the filesystem's background nursery under this
     reader's cancel scopes; `close()` cancels them.  Without a nursery (core
     tests) parts are fetched in the foreground, same results.
@@ -35,6 +50,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from .budget import IN_FLIGHT, MemoryBudget
 from .errors import FSError, RemoteIOError
 
 Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
@@ -45,7 +61,7 @@ SEQUENTIAL_AFTER = 1024 * 1024
 
 
 class _Part:
-    __slots__ = ("done", "data", "error", "scope", "cancelled")
+    __slots__ = ("done", "data", "error", "scope", "cancelled", "held")
 
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -53,13 +69,15 @@ class _Part:
         self.error: FSError | None = None
         self.scope = trio.CancelScope()
         self.cancelled = False
+        self.held = 0                  # bytes of the memory budget this part holds
 
 
 class ObjectReader:
     def __init__(self, fetch: Fetch, size: int, *, spawn: Spawn | None = None,
                  part: int = 8 * 1024 * 1024, max_ahead: int = 4, parallel: int = 4, store=None,
-                 etag: str | None = None):
+                 etag: str | None = None, budget: MemoryBudget | None = None):
         self._fetch = fetch
+        self._budget = budget if budget is not None else MemoryBudget(1 << 62)
         self.etag = etag
         self._store = store            # disk_cache.ObjectBlocks or None
         self.size = size
@@ -96,7 +114,8 @@ class ObjectReader:
         return await self._exact(offset, end)   # a first or random read: no read-ahead
 
     async def _exact(self, offset: int, end: int) -> bytes:
-        return await self._get(offset, end)
+        async with self._budget.held(IN_FLIGHT * (end - offset)):
+            return await self._get(offset, end)
 
     async def _get(self, lo: int, hi: int) -> bytes:
         """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
@@ -115,9 +134,24 @@ class ObjectReader:
     async def _buffered(self, offset: int, end: int) -> bytes:
         """The 1 MiB-aligned block(s) around [offset, end), kept as this handle's buffer."""
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
+        async with self._budget.held(IN_FLIGHT * (min(self.size, (last + 1) * MIN_WINDOW) - first * MIN_WINDOW)):
+            return await self._blocks_into_buffer(offset, end)
+
+    async def _blocks_into_buffer(self, offset: int, end: int) -> bytes:
+        first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
         data = b"".join([await self._block(MIN_WINDOW, index) for index in range(first, last + 1)])
         self._buf_start, self._buf = first * MIN_WINDOW, data
         return data[offset - self._buf_start:end - self._buf_start]
+
+    async def _small_under_pressure(self, offset: int, end: int) -> bytes:
+        """The 1 MiB blocks of [offset, end), with memory reserved (never waited for)."""
+        first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
+        charge = IN_FLIGHT * (min(self.size, (last + 1) * MIN_WINDOW) - first * MIN_WINDOW)
+        self._budget.reserve(charge)
+        try:
+            return await self._blocks_into_buffer(offset, end)
+        finally:
+            self._budget.release(charge)
 
     async def _block(self, block: int, index: int) -> bytes:
         """Block `index` of size `block` (shorter at the end): disk cache, else S3."""
@@ -135,14 +169,19 @@ class ObjectReader:
     # ---------------------------------------------------------------- streamed parts
     async def _from_parts(self, offset: int, end: int) -> bytes:
         first, last = offset // self.part, (end - 1) // self.part
-        for index in [i for i in self._parts if i < first - 1]:
+        pressed = self._budget.pressed(IN_FLIGHT * self.part)
+        keep_from = first if pressed else first - 1      # the part behind is kept only with room
+        for index in [i for i in self._parts if i < keep_from]:
             self._discard(index)
+        if pressed and any(i not in self._parts for i in range(first, last + 1)):
+            return await self._small_under_pressure(offset, end)
         if first in self._parts and first - 1 in self._parts:
             self._ahead = min(self._ahead * 2, self.max_ahead)    # the reader moved on a part
         top = min(last + self._ahead, (self.size - 1) // self.part)
         for index in range(first, top + 1):
             if index not in self._parts:
-                self._start_part(index, foreground=index <= last)
+                if self._start_part(index, foreground=index <= last) is None:
+                    break              # no room for more read-ahead now: the window shrinks
         chunks = []
         for index in range(first, last + 1):
             slot = self._parts.get(index)
@@ -152,7 +191,12 @@ class ObjectReader:
                 await self._wait_or_fetch(index, slot)
             if slot.cancelled:          # dropped by a concurrent seek while we waited
                 slot = _Part()
-                await self._fill(index, slot)
+                slot.held = IN_FLIGHT * self._part_len(index)
+                self._budget.reserve(slot.held)
+                try:
+                    await self._fill(index, slot)
+                finally:
+                    self._budget.release(slot.held)
             if slot.error is not None:
                 self._discard(index)
                 raise slot.error
@@ -160,8 +204,18 @@ class ObjectReader:
             chunks.append(slot.data[max(offset, lo) - lo:min(end, lo + self.part) - lo])
         return b"".join(chunks)
 
-    def _start_part(self, index: int, foreground: bool) -> _Part:
+    def _part_len(self, index: int) -> int:
+        return min(self.part, self.size - index * self.part)
+
+    def _start_part(self, index: int, foreground: bool) -> _Part | None:
+        """Start part `index`; a read-ahead part only if the budget has room (else None)."""
+        length = IN_FLIGHT * self._part_len(index)      # until it arrived (see `_fill`)
+        if foreground:
+            self._budget.reserve(length)
+        elif not self._budget.try_acquire(length):
+            return None
         slot = _Part()
+        slot.held = length
         self._parts[index] = slot
         if self._spawn is not None:
             self._spawn(self._fill, index, slot)
@@ -178,6 +232,9 @@ class ObjectReader:
             with slot.scope:
                 try:
                     slot.data = await self._block(self.part, index)
+                    if slot.held > len(slot.data):     # arrived: charged once from now on
+                        self._budget.release(slot.held - len(slot.data))
+                        slot.held = len(slot.data)
                 except FSError as exc:
                     slot.data, slot.error = None, exc
             if slot.scope.cancelled_caught and slot.data is None and slot.error is None:
@@ -190,8 +247,12 @@ class ObjectReader:
 
     def _discard(self, index: int) -> None:
         slot = self._parts.pop(index, None)
-        if slot is not None and not slot.done.is_set():
+        if slot is None:
+            return
+        if not slot.done.is_set():
             slot.scope.cancel()
+        held, slot.held = slot.held, 0
+        self._budget.release(held)
 
     def _drop_parts(self) -> None:
         for index in list(self._parts):

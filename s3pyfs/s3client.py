@@ -6,8 +6,19 @@ every call is handed over from trio and awaited there.  ARCHITECTURE.md has
 the measurement that chose this over aiobotocore's httpx backend on trio.
 Invariants:
   * Every public coroutine finishes within `request_timeout` seconds (all
-    retries included) or raises `RemoteTimeout`; botocore's standard retry
-    mode retries throttling, 5xx and connection errors up to `retries` tries.
+    retries included) of holding a request slot, or raises `RemoteTimeout`;
+    botocore's standard retry mode retries throttling, 5xx and connection
+    errors up to `retries` tries.
+  * One request limiter for the whole mount (`_slots`, a trio CapacityLimiter
+    of `max_connections`, the size of the HTTP connection pool): every
+    request runs in `_do` holding a slot, and the deadline starts once the
+    slot is held, so waiting for a slot (or, with a pool as large, for a
+    pooled connection) never counts against `request_timeout`.  A slot is
+    held only around one request (with its own retries), never while
+    waiting for anything else, so a task holding a slot never waits for
+    another one.  Fan-out limits (`concurrency.run_all`) stay per operation.
+  * `memory` is the mount's `budget.MemoryBudget` (`max_memory`), which the
+    read and write paths use for their part buffers; this module only owns it.
   * What botocore does not retry is retried here (`_do`, same deadline, up to
     `retries` tries, backoff): a response body cut short, reset or stalled
     while read (outside botocore's retry loop), a body failing its check, and
@@ -64,6 +75,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
 from . import metrics
+from .budget import MemoryBudget
 from .concurrency import run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
@@ -174,7 +186,8 @@ class ClientSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     request_timeout: float = 120.0
-    max_connections: int = 32
+    max_connections: int = 32                   # also the number of requests in flight (`_slots`)
+    max_memory: int = 256 * 1024 * 1024         # bytes of part buffers, all transfers together
     # added to every request whose operation takes them (SSE, StorageClass, ACL, RequestPayer)
     request_args: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
     verify_tls: bool = True
@@ -371,6 +384,8 @@ class S3Client:
         # CompleteMultipartUpload ("complete")?  None: unknown (not probed, read-only, denied)
         self.enforced: dict[str, bool | None] = {"put": None, "complete": None}
         self._probing = False
+        self._slots = trio.CapacityLimiter(max(1, settings.max_connections))
+        self.memory = MemoryBudget(settings.max_memory)
         raw = client._client if isinstance(client, _WithRequestArgs) else client
         self._fast = FastPath(raw, settings.bucket, settings.request_args)
 
@@ -381,7 +396,13 @@ class S3Client:
         `check(result)` (in trio) may raise DamagedBody.  Failures that
         `_worth_another_try` are tried again, all tries within the deadline.
         Every request is counted here (metrics.py): operation (first word of
-        `what`), outcome, latency, `sent` body bytes, botocore's retries plus ours."""
+        `what`), outcome, latency, `sent` body bytes, botocore's retries plus ours.
+        The call first takes a slot of the mount's request limiter; the deadline
+        and the latency start once it holds one."""
+        async with self._slots:
+            return await self._do_in_slot(what, op, sent, check)
+
+    async def _do_in_slot(self, what, op, sent, check) -> Any:
         started = time.perf_counter()
         ours = 0
         try:

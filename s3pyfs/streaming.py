@@ -10,7 +10,14 @@ Invariants:
     the uploaded copy was read at.  At completion every part whose copy is
     older than its last write is uploaded again, so a random write behind the
     writer is never lost.
-  * At most `parallel` parts are in flight (each holds one part in memory).
+  * At most `parallel` parts are in flight per stream, and each part's
+    buffer is taken from the mount's memory budget (`client.memory`) before
+    it is read from the staging file and given back after its upload; the
+    wait for memory happens while holding nothing else.
+  * `kick` costs O(1) amortised per write: `_cursor` is the first part not
+    yet considered for a background upload; parts below it were sent (or are
+    in flight) once, and a part rewritten after that is re-sent by `finish`,
+    not by `kick`, so no write rescans the parts behind the writer.
   * `finish` first stops background parts from starting, then waits for those
     in flight: a part is sent twice only when it was written again after its
     upload started.
@@ -88,6 +95,7 @@ class Stream:
         self.explicit_times = False     # utimens while streaming: times go in after completion
         self.writer_end = 0
         self.finishing = False          # finish() took over: no more background parts
+        self._cursor = 0                # parts below this one were sent or are in flight
 
     def note_write(self, offset: int, end: int, generation: int) -> None:
         for index in range(offset // self.part, (end - 1) // self.part + 1):
@@ -98,9 +106,10 @@ class Stream:
         """Start uploads of full parts the writer has moved past (non-blocking)."""
         if self.abandoned or self.finishing:
             return
-        for index in range(self.writer_end // self.part):
-            if len(self.inflight) >= self.parallel:
-                return
+        ready = self.writer_end // self.part
+        while self._cursor < ready and len(self.inflight) < self.parallel:
+            index = self._cursor
+            self._cursor += 1
             if index in self.inflight or self._current(index):
                 continue
             self.inflight[index] = trio.Event()
@@ -132,9 +141,10 @@ class Stream:
 
     async def _upload_part(self, fd: int, index: int) -> None:
         upload_id = await self._ensure_upload()
-        generation = self.part_gen.get(index, 0)
-        data = read_part(fd, index * self.part, self.part)
-        etag = await self.client.upload_part(self.key, upload_id, index + 1, data)
+        async with self.client.memory.held(self.part):
+            generation = self.part_gen.get(index, 0)
+            data = read_part(fd, index * self.part, self.part)
+            etag = await self.client.upload_part(self.key, upload_id, index + 1, data)
         self.done[index] = (generation, etag)
 
     async def finish(self, fd: int, size: int, metadata: dict[str, str], condition: dict | None = None) -> str | None:
@@ -171,8 +181,9 @@ class Stream:
                 return
             upload_id = await self._ensure_upload()
             length = min(self.part, size - index * self.part)
-            data = read_part(fd, index * self.part, length)
-            etags[index] = await self.client.upload_part(self.key, upload_id, index + 1, data)
+            async with self.client.memory.held(length):
+                data = read_part(fd, index * self.part, length)
+                etags[index] = await self.client.upload_part(self.key, upload_id, index + 1, data)
         await run_all((functools.partial(one, index) for index in range(count)), self.parallel)
         return etags
 

@@ -14,7 +14,12 @@ Invariants:
   * `generation` counts changes; `upload()` records the generation it started
     from and the file is clean only if nothing changed meanwhile.  A failed
     upload leaves the file dirty (and aborts its multipart upload).
-  * At most `parallel` parts are in memory at once during an upload.
+  * At most `parallel` parts are in memory at once during an upload, and
+    every part buffer (a PUT body, a multipart part, a run of fetched
+    blocks) is taken from the mount's memory budget (`client.memory` for
+    uploads, the fetch function's `memory` attribute for fetches, set by
+    core.CoreBase._fetcher) around its one request, waiting for room
+    while holding nothing else.
   * An upload sends the object's own system headers it is given (`headers`,
     s3client.KEPT_HEADERS) with the PUT or CreateMultipartUpload.
   * The staging file is a named `journal.Record`; `on_change` (set by the
@@ -47,6 +52,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from .budget import IN_FLIGHT
 from .concurrency import run_all
 from .errors import Conflict, FSError, NoSpace, NotFound, RemoteIOError
 from .journal import Record
@@ -164,20 +170,28 @@ class Staging:
                 runs.append([b])
         for b in blocks:
             self.fetching[b] = trio.Event()
+        memory = getattr(fetch, "memory", None)      # the mount's MemoryBudget, if the fetcher has one
+
         async def one(run: list[int]) -> None:
             start = run[0] * BLOCK
             end = min((run[-1] + 1) * BLOCK, self.source_limit)
             if end <= start:
-                data = b""
-            elif self.base_etag is None:
-                data = await fetch(start, end)
-            else:
+                self._store_fetched(run, start, b"")
+                return
+
+            async def get() -> bytes:
+                if self.base_etag is None:
+                    return await fetch(start, end)
                 try:
-                    data = await fetch(start, end, self.base_etag)     # pinned: If-Match
+                    return await fetch(start, end, self.base_etag)     # pinned: If-Match
                 except NotFound:
                     raise Conflict(f"the object was deleted in S3; this file's data was based on version "
                                    f"{self.base_etag}") from None
-            self._store_fetched(run, start, data)
+            if memory is None:
+                self._store_fetched(run, start, await get())
+                return
+            async with memory.held(IN_FLIGHT * (end - start)):     # a GET body is briefly held twice
+                self._store_fetched(run, start, await get())
         try:
             await run_all((functools.partial(one, run) for run in runs), parallel)
         finally:
@@ -317,8 +331,9 @@ class Staging:
                 etag = await self._finish_stream(stream, key, size, metadata, condition)
             if etag is None:
                 if size <= multipart_threshold:
-                    etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type, headers,
-                                            **condition)
+                    async with client.memory.held(size):
+                        etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type, headers,
+                                                **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
                                                  content_type, condition, headers)
@@ -377,7 +392,9 @@ class Staging:
         async def one(index: int) -> None:
             start = index * part
             length = min(part, size - start)
-            etags[index] = await client.upload_part(key, upload_id, index + 1, read_part(self.fd, start, length))
+            async with client.memory.held(length):
+                etags[index] = await client.upload_part(key, upload_id, index + 1,
+                                                        read_part(self.fd, start, length))
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
             etag = await client.complete_multipart(key, upload_id, etags, **condition)
