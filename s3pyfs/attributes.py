@@ -20,7 +20,8 @@ import stat
 
 from .core import now_ns
 from .errors import Exists, FSError, InvalidArgument, IsADirectory, NoAttribute, NoSpace, NotSupported
-from .files import FileOps
+from .core import Core
+from .files import FileData
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, S3_USER_METADATA_LIMIT, metadata_size, user_metadata
 
@@ -30,19 +31,27 @@ XATTR_CREATE = 1
 XATTR_REPLACE = 2
 
 
-class AttributeOps(FileOps):
+class Attributes:
+    """Attribute changes of files and directories, stored in S3 as their object's owner.
+    Owns nothing but `dir_metadata_kept`'s first answer (in core); uses `files` for files
+    with unsaved data."""
+
+    def __init__(self, core: Core, files: FileData):
+        self.core = core
+        self.files = files
+
     # ------------------------------------------------------------------ open(O_TRUNC)
-    async def open(self, ino: int, flags: int):
+    async def open_truncating(self, ino: int, flags: int):
         """Open, truncating first when asked: libfuse passes O_TRUNC to open
         (atomic_o_trunc), so the kernel sends no separate truncating setattr."""
-        handle = await super().open(ino, flags)
+        handle = await self.files.open(ino, flags)
         if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY:
             handle.wrote = True                 # its close commits the (maybe empty) new content
             if handle.node.attrs.size > 0:
                 try:
                     await self.setattr(ino, size=0, fh=handle.fh)
                 except BaseException:
-                    await self.release(handle.fh)
+                    await self.files.release(handle.fh)
                     raise
         return handle
 
@@ -50,8 +59,8 @@ class AttributeOps(FileOps):
     async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None,
                       uid: int | None = None, gid: int | None = None, atime_ns: int | None = None,
                       mtime_ns: int | None = None, fh: int | None = None) -> Node:
-        node = await self.getattr(ino)
-        self._writable()
+        node = await self.core.getattr(ino)
+        self.core.require_writable()
         now = now_ns()
         attrs = node.attrs
         before = (attrs.mode, attrs.uid, attrs.gid, attrs.atime_ns, attrs.mtime_ns)
@@ -78,24 +87,24 @@ class AttributeOps(FileOps):
             if not stat.S_ISREG(attrs.mode):
                 raise InvalidArgument("only regular files can be truncated")
             if fh is not None:
-                self.handles.file(fh).wrote = True
-            staging = self._staging_for(node)
-            await staging.truncate(size, self._fetcher(node))
+                self.core.handles.file(fh).wrote = True
+            staging = self.files.staging_for(node)
+            await staging.truncate(size, self.core.fetcher(node))
             attrs.size = size
             if mtime_ns is None:
                 attrs.mtime_ns = attrs.ctime_ns = now
             if fh is None and node.open_handles == 0:
-                await self._upload(node)      # truncate(2) of a closed file persists now
-                self._drop_staging_if_idle(node)
+                await self.files.upload(node)      # truncate(2) of a closed file persists now
+                self.files.drop_staging_if_idle(node)
             return node
         if changed_meta:
-            await self._persist_metadata(node)
+            await self.persist_metadata(node)
         return node
 
-    async def _persist_metadata(self, node: Node) -> None:
+    async def persist_metadata(self, node: Node) -> None:
         """Store a node's attributes (mode, owner, times, xattrs) in S3, as the owner of
         its object (no upload, rename or unlink of it runs meanwhile)."""
-        async with self.owners.hold(node, lock=() if node.is_dir else (node,)):
+        async with self.core.owners.hold(node, lock=() if node.is_dir else (node,)):
             await self._persist_metadata_held(node)
 
     async def _persist_metadata_held(self, node: Node) -> None:
@@ -112,46 +121,46 @@ class AttributeOps(FileOps):
         if node.is_dir:
             await self._persist_dir_metadata(node, meta)
             return
-        key = self.inodes.file_key(node)
-        node.attrs.etag = await self.client.copy(key, key, node.attrs.size, metadata=meta,
-                                                 parallel=self.cfg.parallel,
+        key = self.core.inodes.file_key(node)
+        node.attrs.etag = await self.core.client.copy(key, key, node.attrs.size, metadata=meta,
+                                                 parallel=self.core.cfg.parallel,
                                                  headers=node.attrs.headers) or node.attrs.etag
 
     async def _persist_dir_metadata(self, node: Node, meta: dict[str, str]) -> None:
-        marker = self.inodes.dir_prefix(node)
-        await self.client.put(marker, b"", meta, DIR_CONTENT_TYPE)
+        marker = self.core.inodes.dir_prefix(node)
+        await self.core.client.put(marker, b"", meta, DIR_CONTENT_TYPE)
         node.has_marker = True
-        if self.dir_metadata_kept is None:
-            head = await self.client.head(marker)
-            self.dir_metadata_kept = head is not None and head.metadata.get("mode") == meta["mode"]
-            if not self.dir_metadata_kept:
+        if self.core.dir_metadata_kept is None:
+            head = await self.core.client.head(marker)
+            self.core.dir_metadata_kept = head is not None and head.metadata.get("mode") == meta["mode"]
+            if not self.core.dir_metadata_kept:
                 log.warning("this S3 backend drops metadata of directory markers; directory modes, owners "
                             "and times are kept in memory for this mount only")
-        if not self.dir_metadata_kept:
-            self.dir_attr_overrides[marker] = node.attrs.copy()
+        if not self.core.dir_metadata_kept:
+            self.core.dir_attr_overrides[marker] = node.attrs.copy()
 
     # ------------------------------------------------------------------ xattrs
     async def getxattr(self, ino: int, name: str) -> bytes:
         if not name.startswith("user."):
             # only user.* can be stored (setxattr): the kernel's security.capability probe
             # before every write and ls's ACL probes cost no S3 request
-            self.node(ino)
+            self.core.node(ino)
             raise NoAttribute(name)
-        node = await self.getattr(ino)
+        node = await self.core.getattr(ino)
         try:
             return node.attrs.xattrs[name]
         except KeyError:
             raise NoAttribute(name) from None
 
     async def listxattr(self, ino: int) -> list[str]:
-        node = await self.getattr(ino)
+        node = await self.core.getattr(ino)
         return sorted(node.attrs.xattrs)
 
     async def setxattr(self, ino: int, name: str, value: bytes, flags: int = 0) -> None:
-        self._writable()
+        self.core.require_writable()
         if not name.startswith("user."):
             raise NotSupported(f"only user.* attributes can be stored, not {name}")
-        node = await self.getattr(ino)
+        node = await self.core.getattr(ino)
         xattrs = node.attrs.xattrs
         if flags & XATTR_CREATE and name in xattrs:
             raise Exists(name)
@@ -161,7 +170,7 @@ class AttributeOps(FileOps):
         xattrs[name] = bytes(value)
         try:
             node.attrs.ctime_ns = now_ns()
-            await self._persist_metadata(node)
+            await self.persist_metadata(node)
         except FSError:
             if old is None:
                 xattrs.pop(name, None)
@@ -170,13 +179,13 @@ class AttributeOps(FileOps):
             raise
 
     async def removexattr(self, ino: int, name: str) -> None:
-        self._writable()
-        node = await self.getattr(ino)
+        self.core.require_writable()
+        node = await self.core.getattr(ino)
         if name not in node.attrs.xattrs:
             raise NoAttribute(name)
         old = node.attrs.xattrs.pop(name)
         try:
-            await self._persist_metadata(node)
+            await self.persist_metadata(node)
         except FSError:
             node.attrs.xattrs[name] = old
             raise

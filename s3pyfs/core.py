@@ -1,9 +1,10 @@
 """Shared state of the filesystem core: configuration, tables, name resolution.
 
-Responsibility: `CoreBase` owns the inode table, the handle table, the stat
-cache and the S3 client, and resolves a (directory, name) to a fresh `Node`.
-The operation groups build on it in one line: CoreBase -> FileOps (files.py)
--> AttributeOps (attributes.py) -> Filesystem (filesystem.py).
+Responsibility: `Core` owns the inode table, the handle table, the stat
+cache, the S3 client and the per-file owners (ownership.py), and resolves a
+(directory, name) to a fresh `Node`.  The services (files.FileData,
+attributes.Attributes) and the Filesystem that composes them each hold a
+reference to one Core; Core knows none of them.
 Invariants:
   * A node with local data (staging) or never uploaded is authoritative: it is
     never refreshed from S3 while that lasts.
@@ -71,7 +72,7 @@ class Config:
         self.drain_timeout = drain_timeout      # bound of the upload of dirty data at unmount
 
 
-class CoreBase:
+class Core:
     """State and helpers shared by every group of operations."""
 
     def __init__(self, client: S3Client, config: Config, disk_cache: DiskCache | None = None,
@@ -88,7 +89,6 @@ class CoreBase:
         self.inodes = InodeTable(root, config.prefix)
         self.handles = HandleTable()
         self.owners = Owners(self.inodes)     # who may change where a file's object lives
-        self._drain_conflicts: list[str] = []  # files the unmount drain sent to lost+found
         # directory attributes the backend would not keep on `dir/` markers (SeaweedFS)
         self.dir_attr_overrides: LRUCache = LRUCache(maxsize=max(1, config.cache_entries))
         self.dir_metadata_kept: bool | None = None
@@ -108,17 +108,17 @@ class CoreBase:
             raise NotFound(f"inode {ino} unknown")
         return node
 
-    def _dir(self, ino: int) -> Node:
+    def dir_node(self, ino: int) -> Node:
         node = self.node(ino)
         if not node.is_dir:
             raise NotADirectory(f"inode {ino} is not a directory")
         return node
 
-    def _writable(self) -> None:
+    def require_writable(self) -> None:
         if self.cfg.read_only:
             raise ReadOnly("mounted read-only")
 
-    def _check_new_name(self, parent: Node, name: str) -> str:
+    def check_new_name(self, parent: Node, name: str) -> str:
         if not namespace.valid_name(name):
             raise InvalidArgument(f"name {name!r} cannot be stored")
         try:
@@ -130,10 +130,10 @@ class CoreBase:
             raise NameTooLong(f"key of {name!r} would exceed {MAX_KEY_BYTES} bytes")
         return key
 
-    def _fresh(self, node: Node) -> bool:
+    def fresh(self, node: Node) -> bool:
         return node.staging is not None or not node.in_s3 or node.expires > time.monotonic()
 
-    def _fetcher(self, node: Node):
+    def fetcher(self, node: Node):
         async def fetch(start: int, end: int, etag: str | None = None) -> bytes:
             try:
                 key = self.inodes.file_key(node)
@@ -143,7 +143,7 @@ class CoreBase:
         fetch.memory = self.client.memory   # staging fills take their buffers from the budget (writeback.py)
         return fetch
 
-    def _attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:
+    def attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:
         info = found.info
         if info is None:
             info = ObjectInfo(key + "/", 0, None, 0)
@@ -157,9 +157,9 @@ class CoreBase:
                 attrs = override.copy()
         return attrs
 
-    def _apply_found(self, parent: Node, name: str, found: namespace.Found) -> Node:
+    def apply_found(self, parent: Node, name: str, found: namespace.Found) -> Node:
         key = self.inodes.key_for(parent, name)
-        attrs = self._attrs_from_found(found, key)
+        attrs = self.attrs_from_found(found, key)
         node = self.inodes.child(parent.ino, name)
         ttl = self.cfg.stat_ttl
         if node is not None and node.attrs.kind == attrs.kind:
@@ -181,7 +181,7 @@ class CoreBase:
                         if settled and not found.is_dir and node.staging is None else None)
         return node
 
-    def _revalidate(self, node: Node, entry: ListedEntry | None, listed_at: float) -> bool:
+    def revalidate_from_listing(self, node: Node, entry: ListedEntry | None, listed_at: float) -> bool:
         """A stale file whose listing entry shows the version its headers came from is fresh
         again (as of the listing) without a HEAD; True if so."""
         if entry is None or entry.is_dir or node.version is None or node.staging is not None:
@@ -189,9 +189,9 @@ class CoreBase:
         if object_version(entry.etag, entry.size, entry.last_modified_ns) != node.version:
             return False
         node.expires = max(node.expires, listed_at + self.cfg.stat_ttl)
-        return self._fresh(node)
+        return self.fresh(node)
 
-    def _node_from_listing(self, parent: Node, name: str, entry: ListedEntry) -> Node:
+    def node_from_listing(self, parent: Node, name: str, entry: ListedEntry) -> Node:
         """A node typed and sized by a listing; its other attributes are not verified yet
         (it is born stale, so the next getattr/lookup fetches the real headers)."""
         node = self.inodes.child(parent.ino, name)
@@ -199,21 +199,21 @@ class CoreBase:
             return node
         key = self.inodes.key_for(parent, name)
         info = None if entry.is_dir else ObjectInfo(key, entry.size, entry.etag, entry.last_modified_ns)
-        attrs = self._attrs_from_found(namespace.Found(entry.is_dir, info), key)
+        attrs = self.attrs_from_found(namespace.Found(entry.is_dir, info), key)
         return self.inodes.add(parent.ino, name, attrs, ttl=0)
 
-    async def _resolve(self, parent: Node, name: str) -> Node | None:
+    async def resolve(self, parent: Node, name: str) -> Node | None:
         """The child `name` of `parent`, refreshed from S3 when stale; None if absent.
 
         Concurrent resolutions of one name share a single probe."""
         node = self.inodes.child(parent.ino, name)
-        if node is not None and self._fresh(node):
+        if node is not None and self.fresh(node):
             return node
         pending = self._resolving.get((parent.ino, name))
         if pending is not None:
             await pending.wait()
             node = self.inodes.child(parent.ino, name)
-            if node is not None and self._fresh(node):
+            if node is not None and self.fresh(node):
                 return node
         done = self._resolving[(parent.ino, name)] = trio.Event()
         try:
@@ -223,26 +223,26 @@ class CoreBase:
                 del self._resolving[(parent.ino, name)]
             done.set()
 
-    async def _resolve_listed_file(self, parent: Node, name: str) -> Node | None:
+    async def resolve_listed_file(self, parent: Node, name: str) -> Node | None:
         """Like `_resolve` for a name a fresh listing showed as an object: a single HEAD."""
         node = self.inodes.child(parent.ino, name)
-        if node is not None and self._fresh(node):
+        if node is not None and self.fresh(node):
             return node
         info = await self.client.head(self.inodes.key_for(parent, name))
         if info is None:
-            return await self._resolve(parent, name)        # changed since the listing
-        return self._apply_found(parent, name, namespace.classify_file(info))
+            return await self.resolve(parent, name)        # changed since the listing
+        return self.apply_found(parent, name, namespace.classify_file(info))
 
     async def _probe(self, parent: Node, name: str, node: Node | None) -> Node | None:
         dir_prefix = self.inodes.dir_prefix(parent)
         if node is not None and node.in_s3 and not node.is_dir:
             cached = self.cache.timed_listing(dir_prefix, max_age=self.cfg.stat_ttl)
-            if cached is not None and self._revalidate(node, cached[1].get(name), cached[0]):
+            if cached is not None and self.revalidate_from_listing(node, cached[1].get(name), cached[0]):
                 return node          # a recent listing shows the version its headers came from
             # refreshing a known file (stat after the TTL): one HEAD, not the full probe
             info = await self.client.head(dir_prefix + name)
             if info is not None:
-                return self._apply_found(parent, name, namespace.classify_file(info))
+                return self.apply_found(parent, name, namespace.classify_file(info))
         found = await namespace.probe(self.client, self.cache, dir_prefix, name)
         if found is None:
             if node is not None and node.open_handles == 0:
@@ -250,7 +250,7 @@ class CoreBase:
             elif node is not None:
                 return node      # open elsewhere: keep serving the handle's view
             return None
-        return self._apply_found(parent, name, found)
+        return self.apply_found(parent, name, found)
 
     def count_lookup(self, node: Node) -> Node:
         node.lookups += 1
@@ -258,10 +258,10 @@ class CoreBase:
 
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
-        if not self._fresh(node) and node.attached() and node.ino != ROOT_INODE:
+        if not self.fresh(node) and node.attached() and node.ino != ROOT_INODE:
             parent = self.inodes.get(node.parent)
             if parent is not None:
-                refreshed = await self._resolve(parent, node.name)
+                refreshed = await self.resolve(parent, node.name)
                 if refreshed is None:
                     raise NotFound(f"{node.name} no longer exists")
                 if refreshed is not node:
@@ -271,10 +271,10 @@ class CoreBase:
                     node.symlink_target = refreshed.symlink_target
         return node
 
-    def _touch_dir(self, directory: Node) -> None:
+    def touch_dir(self, directory: Node) -> None:
         directory.attrs.mtime_ns = directory.attrs.ctime_ns = now_ns()
 
-    def _name_added(self, parent: Node, name: str, node: Node) -> None:
+    def name_added(self, parent: Node, name: str, node: Node) -> None:
         """Keep the caches true after `name` appeared in `parent` through this mount."""
         attrs = node.attrs
         self.cache.note_added(self.inodes.dir_prefix(parent), name,
@@ -282,11 +282,11 @@ class CoreBase:
         if node.is_dir:
             self.cache.invalidate_tree(self.inodes.key_for(parent, name) + "/")
 
-    def _name_removed(self, parent: Node, name: str) -> None:
+    def name_removed(self, parent: Node, name: str) -> None:
         self.cache.note_removed(self.inodes.dir_prefix(parent), name)
         self.cache.invalidate_tree(self.inodes.key_for(parent, name) + "/")
 
-    def _describe(self, node: Node) -> str:
+    def describe(self, node: Node) -> str:
         try:
             return self.inodes.file_key(node)
         except KeyError:

@@ -15,6 +15,10 @@ Invariants (data safety, see ARCHITECTURE.md):
   * A file whose upload failed is retried by `retry_failed_uploads` in the
     background (backoff up to `RETRY_MAX_INTERVAL`), besides at its next
     flush and at unmount.
+  * Every upload runs as the file's owner (`core.owners`, ownership.py) and
+    reads the key inside that hold; only handles that wrote commit.
+  * A conflict (the object changed in S3 since the data's base version) moves
+    the data to lost+found, once, and is never retried over the other version.
 """
 
 from __future__ import annotations
@@ -27,9 +31,8 @@ import stat
 
 import trio
 
-from . import journal, metrics
-from .core import CoreBase, now_ns
-from . import namespace
+from . import journal, metrics, namespace
+from .core import Core, now_ns
 from .errors import Conflict, FSError, IsADirectory, NameTooLong, NotFound, Stale, StateDirError
 from .handles import FileHandle
 from .inodes import ROOT_INODE, Node
@@ -47,20 +50,31 @@ RETRY_MAX_INTERVAL = 30.0
 DRAIN_PARALLEL = 4               # files uploaded at once by the unmount drain
 
 
-class FileOps(CoreBase):
+class FileData:
+    """Open files and their data: handles to the read path, staging files, uploads (as each
+    file's owner, ownership.py), conflicts, the background retry and the unmount drain.
+    Owns: every node's `staging` lifecycle and the drain's state; reads the namespace
+    state through `core`."""
+
+    def __init__(self, core: Core):
+        self.core = core
+        self._drain_deadline: float | None = None    # SIGTERM then unmount: one budget for both
+        self._drain_conflicts: list[str] = []          # files the unmount drain sent to lost+found
+        self.draining = False                          # the mount is going: no kernel invalidations
+
     # ------------------------------------------------------------------ files
     async def open(self, ino: int, flags: int) -> FileHandle:
-        node = self.node(ino)
+        node = self.core.node(ino)
         if node.is_dir:
             raise IsADirectory(node.name)
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
-            self._writable()
+            self.core.require_writable()
         if not node.attrs.is_symlink() and not stat.S_ISREG(node.attrs.mode):
             raise FSError("special files cannot be opened on this filesystem", errno=E.ENXIO)
         if node.staging is None:
             await self._revalidate_for_open(node)   # close-to-open: see the newest object
-        handle = self.handles.add_file(node, writable)
+        handle = self.core.handles.add_file(node, writable)
         node.open_handles += 1
         if node.staging is None:
             handle.reader = self._new_reader(node)
@@ -71,44 +85,44 @@ class FileOps(CoreBase):
         closed on another node reads as its new version, whole, from the first byte."""
         if not node.in_s3 or not node.attached() or node.ino == ROOT_INODE:
             return
-        parent = self.inodes.get(node.parent)
+        parent = self.core.inodes.get(node.parent)
         if parent is None:
             return
         before = (node.attrs.etag, node.attrs.size)
-        info = await self.client.head(self.inodes.file_key(node))
+        info = await self.core.client.head(self.core.inodes.file_key(node))
         if node.staging is not None or not node.attached():
             return                                  # written or renamed meanwhile: local wins
         if info is None:
             if node.open_handles == 0:
-                self.inodes.detach(parent.ino, node.name)
-                self._name_removed(parent, node.name)
-                self.invalidate_entry(parent.ino, node.name)
+                self.core.inodes.detach(parent.ino, node.name)
+                self.core.name_removed(parent, node.name)
+                self.core.invalidate_entry(parent.ino, node.name)
             raise NotFound(f"{node.name} was removed")
-        refreshed = self._apply_found(parent, node.name, namespace.classify_file(info))
+        refreshed = self.core.apply_found(parent, node.name, namespace.classify_file(info))
         if refreshed is not node:                   # replaced by another type of object
             raise Stale(f"{node.name} was replaced")
         if (node.attrs.etag, node.attrs.size) != before:
-            self.invalidate_attrs(node.ino)         # the kernel must not clip reads at the old size
+            self.core.invalidate_attrs(node.ino)         # the kernel must not clip reads at the old size
 
     def _new_reader(self, node: Node) -> ObjectReader:
         try:
-            key = self.inodes.file_key(node)
+            key = self.core.inodes.file_key(node)
         except KeyError:
             raise Stale(f"{node.name} was removed or replaced while open") from None
-        store = self.disk_cache.bind(key, node.attrs.etag) if self.disk_cache else None
+        store = self.core.disk_cache.bind(key, node.attrs.etag) if self.core.disk_cache else None
         # pinned to the version seen at open: a replaced object gives EIO, never a mix
-        return ObjectReader(self._fetcher(node), node.attrs.size, spawn=self.spawn, store=store,
-                            part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.cfg.parallel),
-                            etag=node.attrs.etag, budget=self.client.memory)
+        return ObjectReader(self.core.fetcher(node), node.attrs.size, spawn=self.core.spawn, store=store,
+                            part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.core.cfg.parallel),
+                            etag=node.attrs.etag, budget=self.core.client.memory)
 
-    def _staging_for(self, node: Node) -> Staging:
+    def staging_for(self, node: Node) -> Staging:
         if node.staging is None:
             size = node.attrs.size if node.in_s3 else 0
-            staging = Staging(self.journal.new_record(), size, size, node.attrs.etag if node.in_s3 else None,
+            staging = Staging(self.core.journal.new_record(), size, size, node.attrs.etag if node.in_s3 else None,
                               base_key=self._key_or_none(node), absent=not node.in_s3)
             staging.on_change = functools.partial(self._journal_record, node, staging)
             node.staging = staging
-            for handle in self.handles.files_of(node):
+            for handle in self.core.handles.files_of(node):
                 if handle.reader is not None:
                     handle.reader.close()
                     handle.reader = None
@@ -120,7 +134,7 @@ class FileOps(CoreBase):
             staging.record.clear()          # unlinked or replaced: nothing to recover
             return
         staging.record.save({
-            "key": self.inodes.file_key(node),
+            "key": self.core.inodes.file_key(node),
             "base_etag": staging.base_etag,
             "source_limit": staging.source_limit,
             "written": sorted(staging.written),
@@ -130,10 +144,10 @@ class FileOps(CoreBase):
         })
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
-        handle = self.handles.file(fh)
+        handle = self.core.handles.file(fh)
         node = handle.node
         if node.staging is not None:
-            return await node.staging.read(offset, size, self._fetcher(node))
+            return await node.staging.read(offset, size, self.core.fetcher(node))
         if handle.reader is None:
             handle.reader = self._new_reader(node)
         try:
@@ -151,13 +165,13 @@ class FileOps(CoreBase):
         return data
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        handle = self.handles.file(fh)
+        handle = self.core.handles.file(fh)
         if not handle.writable:
             raise FSError("file not open for writing", errno=E.EBADF)
         node = handle.node
         handle.wrote = True
-        staging = self._staging_for(node)
-        written = await staging.write(offset, data, self._fetcher(node))
+        staging = self.staging_for(node)
+        written = await staging.write(offset, data, self.core.fetcher(node))
         node.attrs.size = staging.size
         node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
         self._stream_if_useful(node, staging)
@@ -165,30 +179,30 @@ class FileOps(CoreBase):
 
     def _stream_if_useful(self, node: Node, staging: Staging) -> None:
         """Send full parts of a large, wholly local file while it is still being written."""
-        part = self.cfg.multipart_size
-        if self.spawn is None or staging.source_limit != 0 or staging.size < 2 * part or not node.attached():
+        part = self.core.cfg.multipart_size
+        if self.core.spawn is None or staging.source_limit != 0 or staging.size < 2 * part or not node.attached():
             return
         if staging.stream is None:
-            staging.stream = Stream(self.client, self.inodes.file_key(node), user_metadata(node.attrs), part,
-                                    self.cfg.parallel, self.spawn, track=staging.track_upload,
+            staging.stream = Stream(self.core.client, self.core.inodes.file_key(node), user_metadata(node.attrs), part,
+                                    self.core.cfg.parallel, self.core.spawn, track=staging.track_upload,
                                     headers=node.attrs.headers)
             staging.stream.writer_end = staging.size
         staging.stream.kick(staging.fd)
 
     async def flush(self, fh: int) -> None:
-        handle = self.handles.file(fh)
+        handle = self.core.handles.file(fh)
         if not handle.wrote:
             return          # only writers commit: a reader's close never publishes a writer's bytes
         node = handle.node
         try:
-            await self._upload(node)
+            await self.upload(node)
         except NameTooLong as exc:
             # the store will never take this key: close() gets the error, retrying is pointless
-            log.error("dropping data of %s: %s", self._describe(node), exc)
+            log.error("dropping data of %s: %s", self.core.describe(node), exc)
             if node.attached():
                 parent, name = node.parent, node.name
-                self.inodes.detach(parent, name)
-                self.invalidate_entry(parent, name)
+                self.core.inodes.detach(parent, name)
+                self.core.invalidate_entry(parent, name)
             if node.staging is not None:
                 node.staging.mark_clean()
             raise
@@ -197,7 +211,7 @@ class FileOps(CoreBase):
         await self.flush(fh)
 
     async def release(self, fh: int) -> None:
-        handle = self.handles.pop(fh)
+        handle = self.core.handles.pop(fh)
         if not isinstance(handle, FileHandle):
             return
         node = handle.node
@@ -206,32 +220,32 @@ class FileOps(CoreBase):
             handle.reader.close()
         if handle.wrote:
             try:
-                await self._upload(node)
+                await self.upload(node)
             except NameTooLong:
                 return                  # reported to close() by flush; the node is gone
             except Conflict:
                 pass                    # in lost+found now, logged once by _conflicted
             except FSError as exc:
                 log.error("could not upload %s at close (%s); the data stays staged and is retried in the "
-                          "background, at the next flush and at unmount", self._describe(node), exc)
+                          "background, at the next flush and at unmount", self.core.describe(node), exc)
                 return
-        self._drop_staging_if_idle(node)
-        self.inodes.forget_if_unused(node)
+        self.drop_staging_if_idle(node)
+        self.core.inodes.forget_if_unused(node)
 
     @staticmethod
-    def _needs_upload(node: Node) -> bool:
+    def needs_upload(node: Node) -> bool:
         staging = node.staging
         return staging is not None and (staging.dirty or not node.in_s3)
 
-    async def _upload(self, node: Node) -> None:
+    async def upload(self, node: Node) -> None:
         """Upload a file's staged data to its current key, as the file's owner: no rename,
         unlink or other upload of it (or rename of a directory above it) runs meanwhile."""
-        if not self._needs_upload(node):
+        if not self.needs_upload(node):
             return
-        async with self.owners.hold(node, lock=(node,)):
-            await self._upload_held(node)
+        async with self.core.owners.hold(node, lock=(node,)):
+            await self.upload_held(node)
 
-    async def _upload_held(self, node: Node) -> None:
+    async def upload_held(self, node: Node) -> None:
         """`_upload` for a caller that owns the file (ownership.Owners)."""
         staging = node.staging
         if staging is None or not (staging.dirty or not node.in_s3):
@@ -239,10 +253,10 @@ class FileOps(CoreBase):
         if not node.attached():
             staging.mark_clean()                # unlinked: nothing to keep
             return
-        key = self.inodes.file_key(node)        # read under ownership: stays true until we finish
+        key = self.core.inodes.file_key(node)        # read under ownership: stays true until we finish
         try:
-            etag = await staging.upload(self.client, key, user_metadata(node.attrs), self._fetcher(node),
-                                        self.cfg.multipart_size, self.cfg.parallel, headers=node.attrs.headers)
+            etag = await staging.upload(self.core.client, key, user_metadata(node.attrs), self.core.fetcher(node),
+                                        self.core.cfg.multipart_size, self.core.cfg.parallel, headers=node.attrs.headers)
         except Conflict as exc:
             self._conflicted(node, staging, exc)
             raise
@@ -255,54 +269,54 @@ class FileOps(CoreBase):
         if node.staging is staging:
             node.attrs.etag = etag
             node.in_s3 = True
-        parent = self.inodes.get(node.parent)
+        parent = self.core.inodes.get(node.parent)
         if parent is not None:
-            self._name_added(parent, node.name, node)
+            self.core.name_added(parent, node.name, node)
 
-    def _drop_staging(self, node: Node) -> None:
+    def drop_staging(self, node: Node) -> None:
         staging = node.staging
         if staging is not None:
             node.staging = None
             stream, staging.stream = staging.stream, None
-            if stream is not None and self.spawn is not None:
+            if stream is not None and self.core.spawn is not None:
                 # parts in flight still read the staging file: close it only after they ended
                 async def abort_then_close() -> None:
                     try:
                         await stream.abort()
                     finally:
                         staging.close()
-                self.spawn(abort_then_close)
+                self.core.spawn(abort_then_close)
             else:
                 staging.close()
-        self.inodes.forget_if_unused(node)
+        self.core.inodes.forget_if_unused(node)
 
-    def _drop_staging_if_idle(self, node: Node) -> None:
+    def drop_staging_if_idle(self, node: Node) -> None:
         staging = node.staging
         if staging is not None and node.open_handles == 0 and not staging.dirty and \
-                (node.in_s3 or not node.attached()) and not self.owners.is_busy(node):
-            self._drop_staging(node)
+                (node.in_s3 or not node.attached()) and not self.core.owners.is_busy(node):
+            self.drop_staging(node)
 
     # ------------------------------------------------------------------ whole filesystem
     def dirty_nodes(self) -> list[Node]:
-        return [n for n in self.inodes.nodes.values()
+        return [n for n in self.core.inodes.nodes.values()
                 if n.staging is not None and (n.staging.dirty or not n.in_s3) and n.attached()]
 
     async def drain(self) -> list[str]:
         """Upload every dirty file within `drain_timeout` seconds, a few at a time; returns
         the keys not uploaded (their data stays in the journal for the next mount)."""
-        timeout = self.cfg.drain_timeout
+        timeout = self.core.cfg.drain_timeout
         if self._drain_deadline is None:      # SIGTERM then unmount: one budget for both
             self._drain_deadline = trio.current_time() + timeout
         failed = self._drain_conflicts        # kept in lost+found by an earlier drain (SIGTERM)
         self.draining = True                  # the mount is going: no more kernel invalidations
-        limiter = trio.CapacityLimiter(max(1, min(self.cfg.parallel, DRAIN_PARALLEL)))
+        limiter = trio.CapacityLimiter(max(1, min(self.core.cfg.parallel, DRAIN_PARALLEL)))
 
         async def one(node: Node) -> None:
             async with limiter:
-                key = self._describe(node)
+                key = self.core.describe(node)
                 try:
-                    await self._upload(node)
-                    self._drop_staging_if_idle(node)
+                    await self.upload(node)
+                    self.drop_staging_if_idle(node)
                 except Conflict:                # logged once, with where the data went
                     failed.append(f"{key} (changed in S3 meanwhile: kept in lost+found)")
                 except Exception as exc:        # noqa: BLE001 - one file's failure never ends the drain
@@ -315,11 +329,8 @@ class FileOps(CoreBase):
                     nursery.start_soon(one, node)
         if scope.cancelled_caught:
             log.error("stopped uploading dirty data after %g s", timeout)
-            return failed + [self._describe(n) for n in self.dirty_nodes() if self._describe(n) not in failed]
+            return failed + [self.core.describe(n) for n in self.dirty_nodes() if self.core.describe(n) not in failed]
         return list(failed)
-
-    _drain_deadline: float | None = None
-    draining = False
 
     async def retry_failed_uploads(self) -> None:
         """Background task: upload files whose upload failed, with backoff, until cancelled.
@@ -334,22 +345,22 @@ class FileOps(CoreBase):
             ok = True
             for node in pending:
                 try:
-                    await self._upload(node)
+                    await self.upload(node)
                 except Conflict:
                     continue                    # in lost+found now (logged); the store answers
                 except Exception as exc:        # noqa: BLE001
-                    log.info("background retry of %s failed: %s", self._describe(node), exc,
+                    log.info("background retry of %s failed: %s", self.core.describe(node), exc,
                              exc_info=not isinstance(exc, FSError))
                     ok = False
                     break
-                self._drop_staging_if_idle(node)
-                self.inodes.forget_if_unused(node)
+                self.drop_staging_if_idle(node)
+                self.core.inodes.forget_if_unused(node)
             delay = RETRY_INTERVAL if ok else min(delay * 2, RETRY_MAX_INTERVAL)
 
     # ------------------------------------------------------------------ conflicts (conditional commits)
     def _key_or_none(self, node: Node) -> str | None:
         try:
-            return self.inodes.file_key(node)
+            return self.core.inodes.file_key(node)
         except KeyError:
             return None
 
@@ -357,13 +368,13 @@ class FileOps(CoreBase):
         """S3 holds a version this data was not based on: keep the data in lost+found
         (never retried, never uploaded over the other version), and let the name show
         S3's version again.  close()/fsync() get EIO from the raised Conflict."""
-        key = self._describe(node)
+        key = self.core.describe(node)
         entry = {"key": key, "base_etag": staging.base_etag, "current_etag": exc.current_etag,
                  "source_limit": staging.source_limit, "written": sorted(staging.written),
                  "metadata": user_metadata(node.attrs)}
         staging.record.pool = None          # the file moves away: it must not be recycled
         try:
-            store = self.journal.store()
+            store = self.core.journal.store()
             try:
                 where = journal.move_to_lost_and_found(store, staging.record, entry, f"conflict: {exc}")
             finally:
@@ -373,13 +384,13 @@ class FileOps(CoreBase):
         staging.fd = -1                     # closed by the move
         staging.failed = False
         staging.mark_clean()
-        parent = self.inodes.get(node.parent) if node.attached() else None
+        parent = self.core.inodes.get(node.parent) if node.attached() else None
         if parent is not None:              # the next lookup finds the version that won
             name = node.name
-            self.inodes.detach(parent.ino, name)
-            self.cache.invalidate_tree(self.inodes.dir_prefix(parent))
+            self.core.inodes.detach(parent.ino, name)
+            self.core.cache.invalidate_tree(self.core.inodes.dir_prefix(parent))
             if not self.draining:
-                self.invalidate_entry(parent.ino, name)
-        self._drop_staging(node)
+                self.core.invalidate_entry(parent.ino, name)
+        self.drop_staging(node)
         metrics.counters.conflicts += 1
         log.error("not uploading %s: %s; the local data is kept in %s", key, exc, where)

@@ -140,7 +140,7 @@ class Operations(pyfuse3.Operations):
         entry.generation = 0
         entry.entry_timeout = self.timeout
         # attributes typed from a listing but not yet read from the object: do not cache
-        entry.attr_timeout = self.timeout if self.fs._fresh(node) else 0
+        entry.attr_timeout = self.timeout if self.fs.fresh(node) else 0
         # the root's mode already comes from mp_umask (or umask) in mount.make_config
         entry.st_mode = a.mode if node.ino == ROOT_INODE else reported_mode(a, defaults)
         entry.st_nlink = 2 if node.is_dir else 1

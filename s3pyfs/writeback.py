@@ -18,7 +18,7 @@ Invariants:
     every part buffer (a PUT body, a multipart part, a run of fetched
     blocks) is taken from the mount's memory budget (`client.memory` for
     uploads, the fetch function's `memory` attribute for fetches, set by
-    core.CoreBase._fetcher) around its one request, waiting for room
+    core.Core.fetcher) around its one request, waiting for room
     while holding nothing else.
   * An upload sends the object's own system headers it is given (`headers`,
     s3client.KEPT_HEADERS) with the PUT or CreateMultipartUpload.
