@@ -116,7 +116,7 @@ def test_daemonset_mounts_on_every_node_under_a_bidirectional_host_path(tmp_path
     assert c["livenessProbe"]["exec"]["command"] == [ENTRYPOINT, "ready"]
     env = env_of(c)
     argv = command_for(env, tmp_path)
-    assert argv[1:3] == ["photos", "/var/lib/s3pyfs/photos"]
+    assert argv[1:3] == ["photos", "/mnt/s3pyfs/photos"]
 
     # A consumer on the node: the same host path, HostToContainer, unprivileged.
     reader = [d for d in by_kind(docs, "Pod") if d["metadata"]["name"] == "photo-reader"][0]["spec"]
