@@ -190,10 +190,17 @@ class FileData:
         staging.stream.kick(staging.fd)
 
     async def flush(self, fh: int) -> None:
-        handle = self.core.handles.file(fh)
-        if not handle.wrote:
-            return          # only writers commit: a reader's close never publishes a writer's bytes
-        node = handle.node
+        """close(): commits only what a handle that wrote left; a reader's close never
+        completes a writer's streaming upload or publishes a partial object."""
+        if self.core.handles.file(fh).wrote:
+            await self._commit(fh)
+
+    async def fsync(self, fh: int) -> None:
+        """fsync(2) makes the file's data durable whichever descriptor asks (POSIX)."""
+        await self._commit(fh)
+
+    async def _commit(self, fh: int) -> None:
+        node = self.core.handles.file(fh).node
         try:
             await self.upload(node)
         except NameTooLong as exc:
@@ -206,9 +213,6 @@ class FileData:
             if node.staging is not None:
                 node.staging.mark_clean()
             raise
-
-    async def fsync(self, fh: int) -> None:
-        await self.flush(fh)
 
     async def release(self, fh: int) -> None:
         handle = self.core.handles.pop(fh)
