@@ -72,48 +72,65 @@ class FileData:
             self.core.require_writable()
         if not node.attrs.is_symlink() and not stat.S_ISREG(node.attrs.mode):
             raise FSError("special files cannot be opened on this filesystem", errno=E.ENXIO)
+        newer = None
         if node.staging is None:
-            await self._revalidate_for_open(node)   # close-to-open: see the newest object
+            newer = await self._revalidate_for_open(node)   # close-to-open: see the newest object
         handle = self.core.handles.add_file(node, writable)
         node.open_handles += 1
         if node.staging is None:
-            handle.reader = self._new_reader(node)
+            handle.reader = self._new_reader(node, newer)
+            handle.direct_io = newer is not None
         return handle
 
-    async def _revalidate_for_open(self, node: Node) -> None:
+    async def _revalidate_for_open(self, node: Node) -> tuple[str | None, int] | None:
         """Close-to-open across mounts: one HEAD, whatever the stat cache says, so a file
-        closed on another node reads as its new version, whole, from the first byte."""
+        closed on another node reads as its new version, whole, from the first byte.
+
+        With no handle open, a new version becomes the node's (and the kernel's cached
+        size is dropped; operations.open drops its page cache).  While other handles still
+        read the old version, the node and the kernel's page cache stay theirs: the new
+        version, (etag, size), is returned for this handle alone, which then reads it past
+        the page cache (direct I/O), so no reader ever sees pages of two versions."""
         if not node.in_s3 or not node.attached() or node.ino == ROOT_INODE:
-            return
+            return None
         parent = self.core.inodes.get(node.parent)
         if parent is None:
-            return
-        before = (node.attrs.etag, node.attrs.size)
+            return None
         info = await self.core.client.head(self.core.inodes.file_key(node))
         if node.staging is not None or not node.attached():
-            return                                  # written or renamed meanwhile: local wins
+            return None                             # written or renamed meanwhile: local wins
         if info is None:
             if node.open_handles == 0:
                 self.core.inodes.detach(parent.ino, node.name)
                 self.core.name_removed(parent, node.name)
                 self.core.invalidate_entry(parent.ino, node.name)
             raise NotFound(f"{node.name} was removed")
-        refreshed = self.core.apply_found(parent, node.name, namespace.classify_file(info))
+        found = namespace.classify_file(info)
+        if found.is_dir or (info.etag, info.size) == (node.attrs.etag, node.attrs.size):
+            if found.is_dir:
+                raise Stale(f"{node.name} was replaced by a directory")
+            return None
+        if node.open_handles > 0:
+            return info.etag, info.size             # private to this handle (see above)
+        refreshed = self.core.apply_found(parent, node.name, found)
         if refreshed is not node:                   # replaced by another type of object
             raise Stale(f"{node.name} was replaced")
-        if (node.attrs.etag, node.attrs.size) != before:
-            self.core.invalidate_attrs(node.ino)         # the kernel must not clip reads at the old size
+        self.core.invalidate_attrs(node.ino)        # the kernel must not clip reads at the old size
+        return None
 
-    def _new_reader(self, node: Node) -> ObjectReader:
+    def _new_reader(self, node: Node, version: tuple[str | None, int] | None = None) -> ObjectReader:
+        """A reader pinned to the node's version, or to `version` (etag, size) when given:
+        a replaced object gives EIO, never a mix."""
         try:
             key = self.core.inodes.file_key(node)
         except KeyError:
             raise Stale(f"{node.name} was removed or replaced while open") from None
-        store = self.core.disk_cache.bind(key, node.attrs.etag) if self.core.disk_cache else None
-        # pinned to the version seen at open: a replaced object gives EIO, never a mix
-        return ObjectReader(self.core.fetcher(node), node.attrs.size, spawn=self.core.spawn, store=store,
-                            part=READ_PART, max_ahead=READ_AHEAD_PARTS, parallel=min(READ_AHEAD_PARTS, self.core.cfg.parallel),
-                            etag=node.attrs.etag, budget=self.core.client.memory)
+        etag, size = version if version is not None else (node.attrs.etag, node.attrs.size)
+        store = self.core.disk_cache.bind(key, etag) if self.core.disk_cache else None
+        return ObjectReader(self.core.fetcher(node), size, spawn=self.core.spawn, store=store,
+                            part=READ_PART, max_ahead=READ_AHEAD_PARTS,
+                            parallel=min(READ_AHEAD_PARTS, self.core.cfg.parallel), etag=etag,
+                            budget=self.core.client.memory)
 
     def staging_for(self, node: Node) -> Staging:
         if node.staging is None:
@@ -150,19 +167,9 @@ class FileData:
             return await node.staging.read(offset, size, self.core.fetcher(node))
         if handle.reader is None:
             handle.reader = self._new_reader(node)
-        try:
-            data = await handle.reader.read(offset, size)
-        except Conflict:                            # the pinned version is gone
-            if handle.returned or node.staging is not None:
-                raise                               # bytes of the old version were seen: EIO
-            # replaced between open and the first byte: serve the new version instead
-            handle.reader.close()
-            handle.reader = None
-            await self._revalidate_for_open(node)
-            handle.reader = self._new_reader(node)
-            data = await handle.reader.read(offset, size)
-        handle.returned = True
-        return data
+        # a version replaced after open gives EIO (Conflict), never a silent switch: the
+        # kernel's page cache and size may already hold the version this handle opened
+        return await handle.reader.read(offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.core.handles.file(fh)

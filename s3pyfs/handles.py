@@ -25,7 +25,7 @@ class FileHandle:
     reader: ObjectReader | None = None
     error: FSError | None = None   # a failed upload reported at the next flush
     wrote: bool = False            # this handle changed the file: its flush/fsync/release commits
-    returned: bool = False         # bytes of the open version went to the caller (no silent re-open)
+    direct_io: bool = False        # reads a newer version than the node's other handles: no page cache
 
 
 @dataclasses.dataclass(eq=False)

@@ -246,6 +246,8 @@ class Operations(pyfuse3.Operations):
         node = self.fs.node(inode)
         previous_etag = node.page_cache_etag
         handle = await self.fs.open(inode, flags)
+        if handle.direct_io:            # a newer version than other open handles read: past the cache
+            return pyfuse3.FileInfo(fh=handle.fh, direct_io=True, keep_cache=True)
         # keep the kernel's page cache only while the object is unchanged
         keep = previous_etag is not None and previous_etag == node.attrs.etag and node.staging is None
         node.page_cache_etag = node.attrs.etag

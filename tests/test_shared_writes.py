@@ -379,3 +379,26 @@ def test_conflict_found_by_the_unmount_drain_says_where_the_data_went(s3, bucket
     assert "could not upload doc" not in log
     kept = list(tmp_path.rglob("lost+found/*/data"))
     assert len(kept) == 1 and kept[0].read_bytes()[:10] == b"local edit"
+
+
+def test_open_of_a_new_version_while_a_reader_holds_the_old_one(s3, bucket, mount):
+    """A reader keeps the version it opened (or gets EIO), a later open reads the new one
+    whole, and neither ever gets the other's pages (the kernel's page cache and size belong
+    to the inode both share)."""
+    m = mount(bucket)
+    path = m.path / "f"
+    old, new = b"A" * 3000, b"B" * 70_000
+    path.write_bytes(old)
+    first = open(path, "rb")
+    assert first.read(100) == old[:100]
+    s3.put_object(Bucket=bucket, Key="f", Body=new)
+    assert path.read_bytes() == new                         # a new open: the new version, whole
+    try:
+        rest = first.read()
+    except OSError as exc:
+        assert exc.errno in (errno.EIO, errno.ESTALE)
+    else:
+        assert old[:100] + rest == old                      # the old version, whole
+    first.close()
+    assert path.read_bytes() == new
+    assert os.stat(path).st_size == len(new)
