@@ -11,6 +11,9 @@ Invariants:
   * Lookup counts: every method returning a `Node` as a directory entry adds
     one kernel lookup (`count_lookup`).
   * Local changes invalidate the stat cache for the names they touch.
+  * A node never changes version under open read handles: a new version of
+    the object found while some are open gets a new inode (the old one is
+    detached and keeps serving them its version, or ESTALE).
 """
 
 from __future__ import annotations
@@ -162,7 +165,13 @@ class Core:
         attrs = self.attrs_from_found(found, key)
         node = self.inodes.child(parent.ino, name)
         ttl = self.cfg.stat_ttl
-        if node is not None and node.attrs.kind == attrs.kind:
+        if node is not None and node.attrs.kind == attrs.kind and node.staging is None and \
+                node.open_handles > 0 and not found.is_dir and node.attrs.etag != attrs.etag:
+            # open handles read the old version through this inode (and the kernel's size and
+            # page cache of it): the new version gets an inode of its own, this one is detached
+            node = self.inodes.add(parent.ino, name, attrs, ttl)
+            self.invalidate_entry(parent.ino, name)
+        elif node is not None and node.attrs.kind == attrs.kind:
             if node.staging is None:
                 if node.attrs.etag != attrs.etag:
                     node.symlink_target = None      # replaced: a link's target may differ now
@@ -264,6 +273,8 @@ class Core:
                 refreshed = await self.resolve(parent, node.name)
                 if refreshed is None:
                     raise NotFound(f"{node.name} no longer exists")
+                if refreshed is not node and refreshed.attrs.kind == node.attrs.kind:
+                    return node     # a new version got its own inode: this one keeps its readers'
                 if refreshed is not node:
                     # replaced remotely by an object of another type; report it under this inode
                     node.attrs = refreshed.attrs

@@ -402,3 +402,26 @@ def test_open_of_a_new_version_while_a_reader_holds_the_old_one(s3, bucket, moun
     first.close()
     assert path.read_bytes() == new
     assert os.stat(path).st_size == len(new)
+
+
+def test_stat_after_the_ttl_while_a_reader_holds_the_old_version(s3, bucket, mount):
+    """A stat that finds a new version while a handle still reads the old one gives the
+    name a new inode: the reader's inode keeps the old size (fstat) and its reads never
+    come back padded to the new size; the name shows the new version."""
+    m = mount(bucket, "stat_cache_expire=0.5", "negative_cache_expire=0.5")
+    path = m.path / "f"
+    old, new = b"A" * 3000, b"B" * 9000
+    path.write_bytes(old)
+    with open(path, "rb") as reader:
+        assert reader.read(10) == old[:10]
+        s3.put_object(Bucket=bucket, Key="f", Body=new)
+        time.sleep(1.0)                                     # past the TTLs
+        assert os.stat(path).st_size == len(new)            # the name: the new version
+        assert os.fstat(reader.fileno()).st_size == len(old)
+        try:
+            rest = reader.read()
+        except OSError as exc:
+            assert exc.errno in (errno.EIO, errno.ESTALE)
+        else:
+            assert old[:10] + rest == old
+    assert path.read_bytes() == new
