@@ -12,8 +12,9 @@ Invariants:
     writer is never lost.
   * At most `parallel` parts are in flight per stream, and each part's
     buffer is taken from the mount's memory budget (`client.memory`) before
-    it is read from the staging file and given back after its upload; the
-    wait for memory happens while holding nothing else.
+    it is read from the staging file (in a disk thread, diskio.py) and given
+    back after its upload; the wait for memory happens while holding nothing
+    else.
   * `kick` costs O(1) amortised per write: `_cursor` is the first part not
     yet considered for a background upload; parts below it were sent (or are
     in flight) once, and a part rewritten after that is re-sent by `finish`,
@@ -42,6 +43,7 @@ from typing import Callable
 
 import trio
 
+from . import diskio
 from .concurrency import run_all
 from .errors import FSError, RemoteIOError
 
@@ -143,7 +145,7 @@ class Stream:
         upload_id = await self._ensure_upload()
         async with self.client.memory.held(self.part):
             generation = self.part_gen.get(index, 0)
-            data = read_part(fd, index * self.part, self.part)
+            data = await diskio.run(read_part, fd, index * self.part, self.part)
             etag = await self.client.upload_part(self.key, upload_id, index + 1, data)
         self.done[index] = (generation, etag)
 
@@ -182,7 +184,7 @@ class Stream:
             upload_id = await self._ensure_upload()
             length = min(self.part, size - index * self.part)
             async with self.client.memory.held(length):
-                data = read_part(fd, index * self.part, length)
+                data = await diskio.run(read_part, fd, index * self.part, length)
                 etags[index] = await self.client.upload_part(self.key, upload_id, index + 1, data)
         await run_all((functools.partial(one, index) for index in range(count)), self.parallel)
         return etags
