@@ -11,11 +11,12 @@ Invariants:
     change of the file's bytes or length and its bookkeeping (`present`,
     `written`, `size`, `source_limit`, `generation`) happens under the file's
     `_io` lock (a FIFO trio.Lock): the pwrite/ftruncate in a thread first,
-    then the bookkeeping without further awaits.  So changes never
-    interleave, and of two overlapping writes the bytes of the one answered
-    last are the ones that stay; a block is marked present and a change
-    counted in `generation` only once its bytes are in the file (an upload
-    that read older bytes sees the file dirty again).
+    then the bookkeeping without further awaits, then (when the change asked
+    for one) the wait for its journal record, still under the lock.  So
+    changes never interleave, and of two overlapping writes the bytes of the
+    one answered last are the ones that stay; a block is marked present and
+    a change counted in `generation` only once its bytes are in the file (an
+    upload that read older bytes sees the file dirty again).
   * A fetch decides which blocks to store under that lock, after its GET: it
     writes only into blocks still not present, clipped to the current
     `source_limit` and size, so it never overwrites newer local writes and
@@ -345,8 +346,10 @@ class Staging:
                 self._journal()
             if self.stream is not None:
                 self.stream.note_write(offset, end, self.generation)
-        if journaled:
-            await self.journal_settled()        # answered only once the record says so
+            if journaled:
+                # answered only once the record says so; still under the lock, so writes
+                # are answered in the order their bytes went in
+                await self.journal_settled()
         return len(data)
 
     async def read(self, offset: int, size: int, fetch: Fetch) -> bytes:
@@ -379,7 +382,7 @@ class Staging:
             self.size = new_size
             self.generation += 1
             self._journal()
-        await self.journal_settled()
+            await self.journal_settled()
 
     def _cover(self, start: int, end: int) -> None:
         """Bytes [start, end) were written locally: once every byte of the base is,
