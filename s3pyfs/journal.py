@@ -17,7 +17,9 @@ Invariants:
   * A `.json` exists exactly while its file holds data not yet in S3: it is
     written (temporary name + rename, so it is whole or absent) before the
     write that made the file dirty is acknowledged to the kernel, and
-    removed after the upload of the newest generation succeeded.
+    removed after the upload of the newest generation succeeded (by the
+    record's writer, in a disk thread, soon after; a crash in between leaves a
+    record recovery finds already in S3).
   * A `.data` without a `.json` holds nothing that needs saving.
   * An instance directory whose lock can be taken belongs to no live mount.
   * Every file is opened relative to its directory's fd with O_NOFOLLOW (new
