@@ -18,8 +18,9 @@ Invariants:
     written (temporary name + rename, so it is whole or absent) before the
     write that made the file dirty is acknowledged to the kernel, and
     removed after the upload of the newest generation succeeded (by the
-    record's writer, in a disk thread, soon after; a crash in between leaves a
-    record recovery finds already in S3).
+    record's writer, in a disk thread, soon after; a crash in that gap leaves
+    a stale record that recovery resolves without overwriting anything:
+    "already in S3", or kept in lost+found).
   * A `.data` without a `.json` holds nothing that needs saving.
   * An instance directory whose lock can be taken belongs to no live mount.
   * Every file is opened relative to its directory's fd with O_NOFOLLOW (new
