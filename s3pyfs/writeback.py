@@ -74,7 +74,7 @@ from .budget import IN_FLIGHT
 from .concurrency import run_all
 from .errors import Conflict, FSError, NoSpace, NotFound, RemoteIOError
 from .journal import Record
-from .streaming import Stream, read_part
+from .streaming import Stream, read_part_off_thread
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +442,7 @@ class Staging:
             if etag is None:
                 if size <= multipart_threshold:
                     async with client.memory.held(size):
-                        body = await diskio.run(read_part, self.fd, 0, size)
+                        body = await read_part_off_thread(self.fd, 0, size)
                         etag = await client.put(key, body, metadata, content_type, headers, **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
@@ -503,7 +503,7 @@ class Staging:
             start = index * part
             length = min(part, size - start)
             async with client.memory.held(length):
-                body = await diskio.run(read_part, self.fd, start, length)
+                body = await read_part_off_thread(self.fd, start, length)
                 etags[index] = await client.upload_part(key, upload_id, index + 1, body)
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
