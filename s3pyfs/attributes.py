@@ -115,6 +115,7 @@ class Attributes:
             raise NoSpace("attributes exceed the 2 KiB S3 metadata limit")
         if node.staging is not None and (node.staging.dirty or not node.in_s3):
             node.staging.journal_changed()      # a crash recovers the new attributes too
+            await node.staging.journal_settled()
             return                              # uploaded with the data at the next flush
         if node.ino == ROOT_INODE:
             return                              # the mount root has no object of its own

@@ -23,7 +23,13 @@ Invariants:
     the directory's fd with O_NOFOLLOW (new ones with O_EXCL).  Only names the
     cache makes (<sha256>.blk, <sha256>.blk.tmp) are ever deleted; anything
     else found there is left alone and not used.
-  * Only the trio thread calls in; block I/O is synchronous and small (<= 8 MiB).
+  * Block reads and stores run in disk threads (diskio.py; `ObjectBlocks.get`
+    and `put` are async), never on the trio thread.  The index (`_lru`,
+    `bytes`, counters) is guarded by `_mutex` (a threading.Lock) and changed
+    only under it; a store reserves its bytes in the index before writing,
+    so concurrent stores never overshoot the bounds, and one block is stored
+    by one thread at a time (`_storing`).  File data is read and written
+    outside the mutex.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ import logging
 import os
 import re
 import stat
+import threading
 
-from . import statedir
+from . import diskio, statedir
 from .statedir import Dir
 
 log = logging.getLogger(__name__)
@@ -78,6 +85,8 @@ class DiskCache:
         self._lru: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.bytes = 0
         self.hits = self.misses = self.evictions = 0
+        self._mutex = threading.Lock()
+        self._storing: set[str] = set()     # blocks being written by a thread now
         self._load()
 
     def _load(self) -> None:
@@ -108,45 +117,61 @@ class DiskCache:
         if not etag:
             return None
         name = self._name(key, etag, block, index)
-        if name not in self._lru:
-            self.misses += 1
-            return None
+        with self._mutex:
+            if name not in self._lru or name in self._storing:
+                self.misses += 1
+                return None
         try:
             fd = os.open(name, _READ, dir_fd=self.fd)
             with os.fdopen(fd, "rb") as fh:
                 data = fh.read(length + 1)
         except OSError:
             data = b""
-        if len(data) != length:
-            self._evict(name)
-            self.misses += 1
-            return None
-        self._lru.move_to_end(name)
-        self.hits += 1
+        with self._mutex:
+            if len(data) != length:
+                if name not in self._storing:
+                    self._evict(name)
+                self.misses += 1
+                return None
+            if name in self._lru:
+                self._lru.move_to_end(name)
+            self.hits += 1
         return data
 
     def put(self, key: str, etag: str | None, block: int, index: int, data: bytes) -> None:
         if not etag or not data:
             return
         name = self._name(key, etag, block, index)
-        if name in self._lru:
-            self._lru.move_to_end(name)
-            return
-        if not self._make_room(len(data)):
-            return
+        size = len(data)
+        with self._mutex:
+            if name in self._storing:
+                return
+            if name in self._lru:
+                self._lru.move_to_end(name)
+                return
+            if not self._make_room(size):
+                return
+            self._storing.add(name)
+            self.bytes += size                # reserved: concurrent stores see it
         temp = name + ".tmp"
+        stored = False
         try:
             _remove(temp, self.fd)
             fd = os.open(temp, _NEW, 0o600, dir_fd=self.fd)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            stored = True
         except OSError as exc:
             log.warning("disk cache: cannot store a block (%s); reading from S3 instead", exc.strerror)
             _remove(temp, self.fd)
-            return
-        self._lru[name] = len(data)
-        self.bytes += len(data)
+        finally:
+            with self._mutex:
+                self._storing.discard(name)
+                if stored:
+                    self._lru[name] = size
+                else:
+                    self.bytes -= size
 
     def _make_room(self, size: int) -> bool:
         while self._lru and (self._over_size(size) or self._free() - size < self.min_free):
@@ -170,8 +195,9 @@ class DiskCache:
         return ObjectBlocks(self, key, etag) if etag else None
 
     def clear(self) -> None:
-        for name in list(self._lru):
-            self._evict(name)
+        with self._mutex:
+            for name in list(self._lru):
+                self._evict(name)
 
 
 def _remove(name: str, dir_fd: int) -> None:
@@ -187,8 +213,8 @@ class ObjectBlocks:
     def __init__(self, cache: DiskCache, key: str, etag: str):
         self.cache, self.key, self.etag = cache, key, etag
 
-    def get(self, block: int, index: int, length: int) -> bytes | None:
-        return self.cache.get(self.key, self.etag, block, index, length)
+    async def get(self, block: int, index: int, length: int) -> bytes | None:
+        return await diskio.run(self.cache.get, self.key, self.etag, block, index, length)
 
-    def put(self, block: int, index: int, data: bytes) -> None:
-        self.cache.put(self.key, self.etag, block, index, data)
+    async def put(self, block: int, index: int, data: bytes) -> None:
+        await diskio.run(self.cache.put, self.key, self.etag, block, index, data)

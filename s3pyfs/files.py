@@ -154,7 +154,7 @@ class FileData:
             "key": self.core.inodes.file_key(node),
             "base_etag": staging.base_etag,
             "source_limit": staging.source_limit,
-            "written": sorted(staging.written),
+            "written_ranges": staging.written.ranges(),
             "metadata": user_metadata(node.attrs),
             "headers": node.attrs.headers,
             "uploads": sorted(staging.uploads),
@@ -381,7 +381,7 @@ class FileData:
         S3's version again.  close()/fsync() get EIO from the raised Conflict."""
         key = self.core.describe(node)
         entry = {"key": key, "base_etag": staging.base_etag, "current_etag": exc.current_etag,
-                 "source_limit": staging.source_limit, "written": sorted(staging.written),
+                 "source_limit": staging.source_limit, "written_ranges": staging.written.ranges(),
                  "metadata": user_metadata(node.attrs)}
         staging.record.pool = None          # the file moves away: it must not be recycled
         try:

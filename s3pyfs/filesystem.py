@@ -380,11 +380,13 @@ class Filesystem:
         node = self.core.inodes.add(parent.ino, name, attrs, self.core.cfg.stat_ttl)
         node.in_s3 = False
         self.core.name_added(parent, name, node)
-        self.files.staging_for(node).mark_dirty()    # an empty file must reach S3 too
+        staging = self.files.staging_for(node)
+        staging.mark_dirty()                    # an empty file must reach S3 too
         self.core.touch_dir(parent)
         self.core.count_lookup(node)
         handle = await self.attrs.open_truncating(node.ino, flags)
         handle.wrote = True                     # its close makes the object, even when empty
+        await staging.journal_settled()         # its record is on disk before create answers
         return handle, node
 
     async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int, gid: int) -> Node:
@@ -515,17 +517,21 @@ class Filesystem:
             self._discard_replaced(dst)
         self.core.inodes.move(src, new_parent.ino, new_name)
         self.core.name_added(new_parent, new_name, src)
-        self._rejournal_below(src)
+        moved = self._rejournal_below(src)
         src.attrs.ctime_ns = now_ns()
         self.core.touch_dir(old_parent)
         self.core.touch_dir(new_parent)
+        for staging in moved:                   # the records name the new key before rename answers
+            await staging.journal_settled()
 
-    def _rejournal_below(self, node: Node) -> None:
-        """Dirty files that moved with a rename: their journal records name the new key."""
+    def _rejournal_below(self, node: Node) -> list:
+        """Dirty files that moved with a rename: their journal records name the new key
+        (written in disk threads; returns the staging files to wait for)."""
         nodes = [node] if not node.is_dir else list(self.core.inodes.descendants(node))
-        for each in nodes:
-            if each.staging is not None:
-                each.staging.journal_changed()
+        stagings = [each.staging for each in nodes if each.staging is not None]
+        for staging in stagings:
+            staging.journal_changed()
+        return stagings
 
     async def _rename_file(self, node: Node, new_key: str) -> None:
         old_key = self.core.inodes.file_key(node)

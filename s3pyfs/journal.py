@@ -17,7 +17,10 @@ Invariants:
   * A `.json` exists exactly while its file holds data not yet in S3: it is
     written (temporary name + rename, so it is whole or absent) before the
     write that made the file dirty is acknowledged to the kernel, and
-    removed after the upload of the newest generation succeeded.
+    removed after the upload of the newest generation succeeded (by the
+    record's writer, in a disk thread, soon after; a crash in that gap leaves
+    a stale record that recovery resolves without overwriting anything:
+    "already in S3", or kept in lost+found).
   * A `.data` without a `.json` holds nothing that needs saving.
   * An instance directory whose lock can be taken belongs to no live mount.
   * Every file is opened relative to its directory's fd with O_NOFOLLOW (new
@@ -30,6 +33,20 @@ Invariants:
   * Records are not fsynced: they survive a process crash (the kernel keeps
     the page cache), not a power loss; close()/fsync() are the only
     durability promise (the data is in S3 then).
+  * Record I/O runs in disk threads (diskio.py), never on the trio thread:
+    `save`/`clear`/`discard` are synchronous requests that only note the
+    newest wanted state; one writer per record (a trio.Lock, started as a
+    trio system task) puts it on disk, always the newest state and in
+    request order, so an older state never replaces a newer one.  A caller
+    that must not answer before the record is on disk awaits `settle()`
+    (writeback.Staging does for writes, truncations and creations).  The
+    journal keeps the records with unwritten states (`unsaved`): `settle()`
+    of the journal waits for all of them, and `close()` writes what is left
+    (after the trio run, when no writer thread is in flight).
+  * The record holds the locally written blocks as ranges (`written_ranges`,
+    record version 2): a sequential writer's record stays a few lines long
+    however many blocks it wrote.  Version 1 records (`written`, a list of
+    block numbers) are still read (`written_blocks`).
 """
 
 from __future__ import annotations
@@ -45,12 +62,15 @@ import stat
 import time
 from typing import Iterator
 
-from . import statedir
+import trio
+
+from . import diskio, statedir
 from .statedir import Dir
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 LOCK_NAME = "lock"
 LOST_AND_FOUND = "lost+found"
 SPARE_FILES = 64            # emptied staging files kept for reuse per mount
@@ -89,31 +109,154 @@ def _write_new(dir_fd: int, name: str, text: str) -> None:
         f.write(text)
 
 
+_DISCARD = object()          # wanted state of a record: staging file and record deleted (or pooled)
+
+
+def written_ranges(blocks) -> list[list[int]]:
+    """Sorted block numbers as half-open [first, end) ranges (record version 2)."""
+    out: list[list[int]] = []
+    for b in blocks:
+        if out and out[-1][1] == b:
+            out[-1][1] = b + 1
+        else:
+            out.append([b, b + 1])
+    return out
+
+
+def written_blocks(entry: dict) -> set[int]:
+    """The locally written blocks a record lists (version 2 ranges, or version 1's list)."""
+    blocks: set[int] = set()
+    for pair in entry.get("written_ranges") or []:
+        first, end = int(pair[0]), int(pair[1])
+        blocks.update(range(first, end))
+    blocks.update(int(b) for b in entry.get("written") or [])
+    return blocks
+
+
 class Record:
     """One staging file and its journal record."""
 
-    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list["Record"] | None = None):
+    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list["Record"] | None = None,
+                 unsaved: set["Record"] | None = None):
         self.dir_fd = dir_fd        # owned by the Journal
         self.directory = directory
         self.stem = stem
         self.fd = fd
         self.pool = pool            # the journal's spare files, or None (recovery)
+        self.unsaved = unsaved      # the journal's records with a state not yet on disk
         self.data_name = stem + ".data"
         self.json_name = stem + ".json"
         self.data_path = os.path.join(directory, self.data_name)
         self.json_path = os.path.join(directory, self.json_name)
+        self._want: object = None   # JSON text, None (no record) or _DISCARD
+        self._asked = 0             # states requested so far ...
+        self._done = 0              # ... and the newest of them on disk
+        self._lock: trio.Lock | None = None
+        self._scheduled = False
+        self._gone = False          # discard() was asked: nothing more is written
 
+    # ---- requests (synchronous, no disk I/O on the caller's thread inside trio) ----
     def save(self, entry: dict) -> None:
-        """Write the record (whole or not at all); errors are logged, not raised:
-        the data itself is safe in the staging file and still uploaded at close."""
+        """Ask for the record to be written (whole or not at all); errors are logged, not
+        raised: the data itself is safe in the staging file and still uploaded at close."""
+        if not self._gone:
+            self._ask(json.dumps(dict(entry, version=RECORD_VERSION)))
+
+    def clear(self) -> None:
+        """The data is in S3: nothing to recover any more."""
+        if not self._gone:
+            self._ask(None)
+
+    def discard(self) -> None:
+        """Close and delete the staging file and its record (or hand it back to the
+        journal's pool of spare files, emptied: creating and unlinking a file per
+        written file cost more than a small file's upload on overlay filesystems)."""
+        if not self._gone:
+            self._gone = True
+            self._ask(_DISCARD)
+
+    def _ask(self, want: object) -> None:
+        self._want = want
+        self._asked += 1
+        if not diskio.in_trio():
+            self.flush_now()
+            return
+        if self.unsaved is not None:
+            self.unsaved.add(self)
+        if not self._scheduled:
+            self._scheduled = True
+            trio.lowlevel.spawn_system_task(self._writer, name=f"journal record {self.stem}")
+
+    # ---- the writer ----------------------------------------------------------
+    async def _writer(self) -> None:
+        self._scheduled = False
+        try:
+            await self.settle()
+        except Exception:            # noqa: BLE001 - a system task must not end the run
+            log.exception("writing the journal record %s failed", self.json_path)
+
+    async def settle(self) -> None:
+        """Return once every state asked for so far is on disk (or its failure logged)."""
+        target = self._asked
+        if self._done >= target:
+            return
+        if self._lock is None:
+            self._lock = trio.Lock()
+        async with self._lock:
+            while self._done < target:
+                asked, want = self._asked, self._want
+                pool_it = want is _DISCARD and self.pool is not None and len(self.pool) < SPARE_FILES
+                pooled = await diskio.run(self._apply, want, pool_it)
+                self._done = asked
+                if want is _DISCARD:
+                    self._discarded(pooled)
+            if self._done >= self._asked and self.unsaved is not None:
+                self.unsaved.discard(self)
+
+    def flush_now(self) -> None:
+        """Write the newest state on this thread (outside trio, or once no writer is in flight)."""
+        if self._done < self._asked:
+            asked, want = self._asked, self._want
+            pool_it = want is _DISCARD and self.pool is not None and len(self.pool) < SPARE_FILES
+            pooled = self._apply(want, pool_it)
+            self._done = asked
+            if want is _DISCARD:
+                self._discarded(pooled)
+        if self.unsaved is not None:
+            self.unsaved.discard(self)
+
+    def _apply(self, want: object, pool_it: bool) -> bool:
+        """Disk side of a state (worker thread); True when the emptied file may be reused."""
+        if want is None:
+            _remove(self.json_name, self.dir_fd)
+            return False
+        if want is _DISCARD:
+            _remove(self.json_name, self.dir_fd)
+            if self.fd >= 0 and pool_it:
+                try:
+                    os.ftruncate(self.fd, 0)
+                    return True
+                except OSError:
+                    pass
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+            _remove(self.data_name, self.dir_fd)
+            return False
         tmp = self.json_name + ".tmp"
         try:
             _remove(tmp, self.dir_fd, quiet=True)
-            _write_new(self.dir_fd, tmp, json.dumps(dict(entry, version=RECORD_VERSION)))
+            _write_new(self.dir_fd, tmp, want)
             os.replace(tmp, self.json_name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         except OSError as exc:
             log.error("could not write the journal record %s (%s): this file's unsaved data would not "
                       "survive a crash", self.json_path, exc.strerror)
+        return False
+
+    def _discarded(self, pooled: bool) -> None:
+        if pooled and self.fd >= 0 and self.pool is not None:
+            self.pool.append(Record(self.dir_fd, self.directory, self.stem, self.fd, self.pool, self.unsaved))
+            self.fd = -1
 
     def load(self) -> dict | None:
         try:
@@ -122,35 +265,13 @@ class Record:
                 entry = json.load(f)
         except (OSError, ValueError):
             return None
-        return entry if isinstance(entry, dict) and entry.get("version") == RECORD_VERSION else None
-
-    def clear(self) -> None:
-        """The data is in S3: nothing to recover any more."""
-        _remove(self.json_name, self.dir_fd)
+        return entry if isinstance(entry, dict) and entry.get("version") in READABLE_VERSIONS else None
 
     def release(self) -> None:
         """Close the staging file, keeping file and record for a later recovery."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def discard(self) -> None:
-        """Close and delete the staging file and its record (or hand it back to the
-        journal's pool of spare files, emptied: creating and unlinking a file per
-        written file cost more than a small file's upload on overlay filesystems)."""
-        _remove(self.json_name, self.dir_fd)
-        if self.fd >= 0 and self.pool is not None and len(self.pool) < SPARE_FILES:
-            try:
-                os.ftruncate(self.fd, 0)
-                self.pool.append(Record(self.dir_fd, self.directory, self.stem, self.fd, self.pool))
-                self.fd = -1
-                return
-            except OSError:
-                pass
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        _remove(self.data_name, self.dir_fd)
 
 
 class Journal:
@@ -180,6 +301,7 @@ class Journal:
             raise
         self._numbers = itertools.count(1)
         self._spare: list[Record] = []     # emptied staging files kept open for reuse
+        self.unsaved: set[Record] = set()  # records with a state not yet on disk
 
     @classmethod
     def create(cls, store: Dir) -> "Journal":
@@ -205,7 +327,7 @@ class Journal:
                 fd = os.open(stem + ".data", os.O_RDWR | _NEW, 0o600, dir_fd=self.dir_fd)
             except FileExistsError:
                 continue
-            return Record(self.dir_fd, self.directory, stem, fd, self._spare)
+            return Record(self.dir_fd, self.directory, stem, fd, self._spare, self.unsaved)
 
     def records(self) -> Iterator[Record]:
         """Records left in this directory (recovery); staging files without a record
@@ -228,7 +350,7 @@ class Journal:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     os.close(fd)
                     continue
-                yield Record(self.dir_fd, self.directory, stem, fd)
+                yield Record(self.dir_fd, self.directory, stem, fd, unsaved=self.unsaved)
             elif ext == "data" and not _exists(stem + ".json", self.dir_fd):
                 _remove(name, self.dir_fd)
             elif ext == "json.tmp":
@@ -237,11 +359,19 @@ class Journal:
     def pending(self) -> list[str]:
         return sorted(n for n in os.listdir(self.dir_fd) if n.endswith(".json") and _OURS.match(n))
 
+    async def settle(self) -> None:
+        """Wait until every record state asked for so far is on disk."""
+        while self.unsaved:
+            await next(iter(self.unsaved)).settle()
+
     def close(self) -> None:
         """End of the mount: drop clean staging files; remove the directory when nothing
-        unsaved is left, else keep it (unlocked) for the next mount to recover."""
+        unsaved is left, else keep it (unlocked) for the next mount to recover.  Call it
+        after `settle()`, or once the trio run ended (no record writer in flight)."""
         if self.dir_fd < 0:
             return
+        for record in list(self.unsaved):
+            record.flush_now()
         for record in self._spare:
             record.release()
         self._spare.clear()

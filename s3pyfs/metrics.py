@@ -15,7 +15,10 @@ Invariants:
   * Readers: `snapshot()` runs in the trio thread.  The Prometheus thread
     never touches the tables or counters itself: it asks the trio thread for a
     snapshot (`trio.from_thread.run_sync`) and formats the plain dict it gets
-    back; after trio has ended it formats the last snapshot taken.
+    back; after trio has ended it formats the last snapshot taken.  The
+    statistics file is serialised from a snapshot on the trio thread and
+    written in a disk thread (diskio.py): a stalled disk never holds up FUSE
+    requests.
   * The statistics file holds no secret (no keys; the endpoint's user:password
     part, if any, is removed) and is replaced atomically.  It names failing
     keys, so it is mode 0600 (0640 with `stats_group=`) and is only written
@@ -252,23 +255,30 @@ class Monitor:
 
     # ---------------------------------------------------------------- statistics file
     def write_stats(self) -> None:
-        snap = self.snapshot()
+        """Snapshot and write the statistics file on this thread (start of the mount)."""
+        self._write_text(json.dumps(self.snapshot(), indent=1) + "\n")
+
+    def _write_text(self, text: str) -> None:
+        """Write a serialised snapshot (any thread; the path is only set here)."""
         if self.path is None:
             self.path = stats_path_for_writing(self.info["mountpoint"])
             if self.path is None:
                 return
         try:
-            write_atomically(self.path, json.dumps(snap, indent=1) + "\n", self.stats_group)
+            write_atomically(self.path, text, self.stats_group)
         except OSError as exc:
             log.warning("cannot write statistics file %s: %s", self.path, exc.strerror)
             self.path = None
 
     async def publish(self, interval: float = STATS_INTERVAL) -> None:
-        """Rewrite the statistics file every `interval` seconds (a task in the mount's nursery)."""
+        """Rewrite the statistics file every `interval` seconds (a task in the mount's nursery).
+        The snapshot is taken on the trio thread; the file is written in a disk thread."""
         import trio
+        from . import diskio
         self._token = trio.lowlevel.current_trio_token()
         while True:
-            self.write_stats()
+            text = json.dumps(self.snapshot(), indent=1) + "\n"
+            await diskio.run(self._write_text, text)
             await trio.sleep(interval)
 
     def remove_stats(self) -> None:

@@ -158,12 +158,12 @@ class ObjectReader:
         lo = index * block
         hi = min(lo + block, self.size)
         if self._store is not None:
-            data = self._store.get(block, index, hi - lo)
+            data = await self._store.get(block, index, hi - lo)
             if data is not None:
                 return data
         data = await self._get(lo, hi)
         if self._store is not None:
-            self._store.put(block, index, data)
+            await self._store.put(block, index, data)
         return data
 
     # ---------------------------------------------------------------- streamed parts

@@ -35,7 +35,7 @@ import os
 
 import trio
 
-from . import journal
+from . import diskio, journal
 from .errors import Conflict, FSError
 from .journal import Journal, Record
 from .statedir import Dir
@@ -65,6 +65,8 @@ async def recover(store: Dir, client, multipart_size: int, parallel: int,
                     outcomes.append(await _recover_one(store, dead, record, client, multipart_size, parallel,
                                                        prefix))
             finally:
+                with trio.CancelScope(shield=True):
+                    await dead.settle()         # record deletions run in disk threads
                 dead.close()
     if scope.cancelled_caught:
         log.error("recovery of earlier dirty data stopped after %g s; the rest is kept in %s for the next mount",
@@ -104,7 +106,7 @@ async def _apply(store: str, record: Record, entry: dict, client, multipart_size
     current_etag = current.etag if current is not None else None
     if current_etag != base_etag:
         if source_limit == 0 and current is not None and current.size == size and \
-                local_etag(record.fd, size, multipart_size) == current_etag:
+                await diskio.run(local_etag, record.fd, size, multipart_size) == current_etag:
             record.discard()
             log.info("recovery: %s was already uploaded before the earlier mount stopped", key)
             return Outcome(key, "already in S3")
@@ -119,7 +121,9 @@ async def _apply(store: str, record: Record, entry: dict, client, multipart_size
     staging = Staging(record, size, min(source_limit, size), base_etag, resize=False, base_key=key,
                       absent=base_etag is None)
     staging.depends_on_base = base_etag is not None      # the record does not say more: stay strict
-    staging.present = staging.written = {int(b) for b in entry.get("written") or []}
+    written = journal.written_blocks(entry)          # version 2 ranges or version 1's list
+    staging.written.update(sorted(written))
+    staging.present = set(written)
     staging.generation = 1
 
     async def fetch(start: int, end: int, etag: str | None = None) -> bytes:

@@ -6,9 +6,22 @@ PUT (small) or a parallel multipart upload (large).
 Invariants:
   * Block b of the staging file is valid when it is in `present`, or lies at or
     beyond `source_limit` (bytes there are zeros or were written locally).
-    A fetch writes its bytes only into blocks still not present, clipped to
-    `source_limit`, in one step without awaits, so it never overwrites newer
-    local writes and never extends the file past a truncation.
+  * Staging file I/O runs in disk threads (diskio.py), never on the trio
+    thread, so a stalled disk holds up only the requests on this file.  Every
+    change of the file's bytes or length and its bookkeeping (`present`,
+    `written`, `size`, `source_limit`, `generation`) happens under the file's
+    `_io` lock (a FIFO trio.Lock): the pwrite/ftruncate in a thread first,
+    then the bookkeeping without further awaits, then (when the change asked
+    for one) the wait for its journal record, still under the lock.  So
+    changes never interleave, and of two overlapping writes the bytes of the
+    one answered last are the ones that stay; a block is marked present and
+    a change counted in `generation` only once its bytes are in the file (an
+    upload that read older bytes sees the file dirty again).
+  * A fetch decides which blocks to store under that lock, after its GET: it
+    writes only into blocks still not present, clipped to the current
+    `source_limit` and size, so it never overwrites newer local writes and
+    never extends the file past a truncation.  Reads take no lock: a read
+    racing a write of the same bytes may see either version.
   * A write that covers a block partly first makes that block present, so a
     block is never half local, half missing.
   * `generation` counts changes; `upload()` records the generation it started
@@ -23,10 +36,13 @@ Invariants:
   * An upload sends the object's own system headers it is given (`headers`,
     s3client.KEPT_HEADERS) with the PUT or CreateMultipartUpload.
   * The staging file is a named `journal.Record`; `on_change` (set by the
-    owner, synchronous) re-writes its journal record whenever recovery would
-    need different facts: the file became dirty, a block below
-    `source_limit` was written for the first time (`written`), it was
-    truncated, a multipart upload started, or an upload left it still dirty.
+    owner, synchronous) asks for its journal record to be re-written whenever
+    recovery would need different facts: the file became dirty, a block below
+    `source_limit` was written for the first time (`written`, kept as ranges),
+    it was truncated, a multipart upload started, or an upload left it still
+    dirty.  The record is written in a disk thread; `write` and `truncate`
+    return only after it is on disk (`journal_settled`), so no write that made
+    the file dirty or wrote a new block is answered before its record.
     A clean file has no record (see journal.py).
   * Versions, not hopes: every byte fetched from S3 comes from `base_etag`, the
     version the local data is based on (the fetch is pinned: If-Match), so a
@@ -47,16 +63,18 @@ from __future__ import annotations
 import bisect
 import functools
 import logging
+import math
 import os
 from typing import Awaitable, Callable
 
 import trio
 
+from . import diskio
 from .budget import IN_FLIGHT
 from .concurrency import run_all
 from .errors import Conflict, FSError, NoSpace, NotFound, RemoteIOError
 from .journal import Record
-from .streaming import Stream, read_part
+from .streaming import Stream, read_part_off_thread
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +94,69 @@ def part_size_for(size: int, configured: int) -> int:
     return part
 
 
+class BlockRanges:
+    """A set of block numbers kept as sorted, disjoint, half-open [first, end) ranges:
+    membership O(log n); a sequential writer's new block extends the last range
+    (O(log n)); `ranges()` costs O(number of ranges), not O(blocks)."""
+
+    def __init__(self, blocks=()):
+        self._r: list[list[int]] = []
+        for b in sorted(set(blocks)):
+            self.add(b, b + 1)
+
+    def _index(self, b: int) -> int:
+        """Index of the last range starting at or before b, or -1."""
+        return bisect.bisect_right(self._r, [b, math.inf]) - 1
+
+    def __contains__(self, b: int) -> bool:
+        i = self._index(b)
+        return i >= 0 and b < self._r[i][1]
+
+    def covers(self, first: int, end: int) -> bool:
+        """Every block of [first, end) is in the set."""
+        if end <= first:
+            return True
+        i = self._index(first)
+        return i >= 0 and self._r[i][1] >= end
+
+    def add(self, first: int, end: int) -> None:
+        if end <= first:
+            return
+        r = self._r
+        i = self._index(first)
+        if i < 0 or r[i][1] < first:
+            i += 1
+        j = i
+        while j < len(r) and r[j][0] <= end:
+            first, end = min(first, r[j][0]), max(end, r[j][1])
+            j += 1
+        r[i:j] = [[first, end]]
+
+    def update(self, blocks) -> None:
+        for b in blocks:
+            self.add(b, b + 1)
+
+    def keep_below(self, end: int) -> None:
+        """Drop every block >= end."""
+        self._r = [[lo, min(hi, end)] for lo, hi in self._r if lo < end]
+
+    def clear(self) -> None:
+        self._r = []
+
+    def ranges(self) -> list[list[int]]:
+        return [list(pair) for pair in self._r]
+
+    def __iter__(self):
+        for lo, hi in self._r:
+            yield from range(lo, hi)
+
+    def __len__(self) -> int:
+        return sum(hi - lo for lo, hi in self._r)
+
+    def __bool__(self) -> bool:
+        return bool(self._r)
+
+
 class Staging:
     def __init__(self, record: Record, size: int, source_limit: int, base_etag: str | None = None,
                  resize: bool = True, *, base_key: str | None = None, absent: bool = False):
@@ -90,7 +171,8 @@ class Staging:
         self._base_size = source_limit            # [0, _base_size) held the base's bytes ...
         self._covered: list[tuple[int, int]] = [] # ... and these ranges of it were written since
         self.present: set[int] = set()
-        self.written: set[int] = set()            # blocks below source_limit changed locally
+        self.written = BlockRanges()              # blocks below source_limit changed locally
+        self._io = trio.Lock()                    # byte changes + their bookkeeping (module doc)
         self.fetching: dict[int, trio.Event] = {}
         self.generation = 0
         self.clean_generation = 0
@@ -126,6 +208,10 @@ class Staging:
     def _journal(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+    async def journal_settled(self) -> None:
+        """Return once the journal record asked for so far is on disk."""
+        await self.record.settle()
 
     def track_upload(self, upload_id: str, active: bool) -> None:
         """A multipart upload of this file started (recorded for crash cleanup) or ended."""
@@ -176,7 +262,7 @@ class Staging:
             start = run[0] * BLOCK
             end = min((run[-1] + 1) * BLOCK, self.source_limit)
             if end <= start:
-                self._store_fetched(run, start, b"")
+                await self._store_fetched(run, start, b"")
                 return
 
             async def get() -> bytes:
@@ -188,10 +274,10 @@ class Staging:
                     raise Conflict(f"the object was deleted in S3; this file's data was based on version "
                                    f"{self.base_etag}") from None
             if memory is None:
-                self._store_fetched(run, start, await get())
+                await self._store_fetched(run, start, await get())
                 return
             async with memory.held(IN_FLIGHT * (end - start)):     # a GET body is briefly held twice
-                self._store_fetched(run, start, await get())
+                await self._store_fetched(run, start, await get())
         try:
             await run_all((functools.partial(one, run) for run in runs), parallel)
         finally:
@@ -200,17 +286,28 @@ class Staging:
                 if event is not None:
                     event.set()
 
-    def _store_fetched(self, run: list[int], start: int, data: bytes) -> None:
-        for b in run:
-            if b in self.present or b * BLOCK >= self.source_limit:
-                continue
-            lo = b * BLOCK
-            hi = min(lo + BLOCK, self.source_limit, self.size)
-            chunk = data[lo - start:hi - start]
-            if len(chunk) < hi - lo:
-                raise RemoteIOError("object shorter than expected while fetching for a write")
-            self._pwrite(chunk, lo)
-            self.present.add(b)
+    async def _store_fetched(self, run: list[int], start: int, data: bytes) -> None:
+        async with self._io:          # which blocks are still missing is decided under the lock
+            pieces: list[tuple[int, memoryview]] = []
+            view = memoryview(data)
+            for b in run:
+                if b in self.present or b * BLOCK >= self.source_limit:
+                    continue
+                lo = b * BLOCK
+                hi = min(lo + BLOCK, self.source_limit, self.size)
+                chunk = view[lo - start:hi - start]
+                if len(chunk) < hi - lo:
+                    raise RemoteIOError("object shorter than expected while fetching for a write")
+                pieces.append((b, chunk))
+            if not pieces:
+                return
+            await diskio.run(self._pwrite_pieces, [(chunk, b * BLOCK) for b, chunk in pieces])
+            # no awaits from here on: bookkeeping of what the thread wrote
+            self.present.update(b for b, _ in pieces)
+
+    def _pwrite_pieces(self, pieces: list[tuple[memoryview, int]]) -> None:
+        for chunk, offset in pieces:
+            self._pwrite(chunk, offset)
 
     # ---- data operations -----------------------------------------------------
     def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
@@ -233,19 +330,26 @@ class Staging:
             event = self.fetching.get(b)
             if event is not None:
                 await event.wait()
-        # no awaits from here on: the write and the bookkeeping are one step
-        self._pwrite(data, offset)
-        self._cover(offset, end)
-        self.size = max(self.size, end)
-        self.present.update(range(first, last + 1))
-        fresh = [b for b in range(first, min(last + 1, -(-self.source_limit // BLOCK))) if b not in self.written]
-        self.written.update(fresh)
-        was_clean = not self.dirty
-        self.generation += 1
-        if was_clean or fresh:
-            self._journal()
-        if self.stream is not None:
-            self.stream.note_write(offset, end, self.generation)
+        async with self._io:
+            await diskio.run(self._pwrite, data, offset)
+            # no awaits from here on: the bookkeeping of the bytes now in the file
+            self._cover(offset, end)
+            self.size = max(self.size, end)
+            self.present.update(range(first, last + 1))
+            below = min(last + 1, -(-self.source_limit // BLOCK))      # blocks below source_limit
+            fresh = not self.written.covers(first, below)
+            self.written.add(first, below)
+            was_clean = not self.dirty
+            self.generation += 1
+            journaled = was_clean or fresh
+            if journaled:
+                self._journal()
+            if self.stream is not None:
+                self.stream.note_write(offset, end, self.generation)
+            if journaled:
+                # answered only once the record says so; still under the lock, so writes
+                # are answered in the order their bytes went in
+                await self.journal_settled()
         return len(data)
 
     async def read(self, offset: int, size: int, fetch: Fetch) -> bytes:
@@ -253,26 +357,32 @@ class Staging:
         if end <= offset:
             return b""
         await self.ensure(offset, end, fetch)
-        return os.pread(self.fd, end - offset, offset)
+        try:
+            return await diskio.run(os.pread, self.fd, end - offset, offset)
+        except OSError as exc:
+            raise FSError(f"staging file read failed: {exc.strerror}", errno=exc.errno) from None
 
     async def truncate(self, new_size: int, fetch: Fetch) -> None:
         if new_size < self.size and new_size % BLOCK:
             await self.ensure(new_size - new_size % BLOCK, new_size, fetch)
         for b in [b for b in self.fetching if b * BLOCK >= new_size]:
             await self.fetching[b].wait()
-        try:
-            os.ftruncate(self.fd, new_size)
-        except OSError as exc:
-            raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
-        self.source_limit = min(self.source_limit, new_size)
-        self._base_truncated(new_size)
-        self.present = {b for b in self.present if b * BLOCK < new_size}
-        self.written = {b for b in self.written if b * BLOCK < self.source_limit}
-        if self.stream is not None:
-            self.stream.abandoned = "truncated while streaming"
-        self.size = new_size
-        self.generation += 1
-        self._journal()
+        async with self._io:
+            try:
+                await diskio.run(os.ftruncate, self.fd, new_size)
+            except OSError as exc:
+                raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
+            # no awaits from here on
+            self.source_limit = min(self.source_limit, new_size)
+            self._base_truncated(new_size)
+            self.present = {b for b in self.present if b * BLOCK < new_size}
+            self.written.keep_below(-(-self.source_limit // BLOCK))
+            if self.stream is not None:
+                self.stream.abandoned = "truncated while streaming"
+            self.size = new_size
+            self.generation += 1
+            self._journal()
+            await self.journal_settled()
 
     def _cover(self, start: int, end: int) -> None:
         """Bytes [start, end) were written locally: once every byte of the base is,
@@ -332,8 +442,8 @@ class Staging:
             if etag is None:
                 if size <= multipart_threshold:
                     async with client.memory.held(size):
-                        etag = await client.put(key, read_part(self.fd, 0, size), metadata, content_type, headers,
-                                                **condition)
+                        body = await read_part_off_thread(self.fd, 0, size)
+                        etag = await client.put(key, body, metadata, content_type, headers, **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
                                                  content_type, condition, headers)
@@ -393,8 +503,8 @@ class Staging:
             start = index * part
             length = min(part, size - start)
             async with client.memory.held(length):
-                etags[index] = await client.upload_part(key, upload_id, index + 1,
-                                                        read_part(self.fd, start, length))
+                body = await read_part_off_thread(self.fd, start, length)
+                etags[index] = await client.upload_part(key, upload_id, index + 1, body)
         try:
             await run_all((functools.partial(one, index) for index in range(count)), parallel)
             etag = await client.complete_multipart(key, upload_id, etags, **condition)
