@@ -283,10 +283,15 @@ def make_machine(mnts, proxies, states, s3, bucket):
             """Wait until mount m sees what the other mount changed at, above or below the
             paths of `scope` (names and attributes: the TTL; bytes of a file that existed
             before: no wait, open() revalidates)."""
-            latest = 0.0
+            latest = rewritten = 0.0
             for when, path, names_too in self.changes[1 - m]:
-                if (names_too or not data_only) and any(related(path, p) for p in scope):
-                    latest = max(latest, when)
+                if any(related(path, p) for p in scope):
+                    if names_too or not data_only:
+                        latest = max(latest, when)
+                    else:
+                        rewritten = max(rewritten, when)
+            if rewritten + SETTLE > time.monotonic() > latest + SETTLE:
+                STATS["close-to-open: data steps right after the other mount rewrote the file"] += 1
             wait = latest + SETTLE - time.monotonic()
             if wait > 0:
                 STATS["seconds slept for the TTL"] += wait
@@ -629,6 +634,9 @@ def make_machine(mnts, proxies, states, s3, bucket):
             else:           # the close's PUT is held: the rename arrives during the upload
                 self.hold(m, method="PUT", path=f"/{bucket}/{self.key((d, f))}")
                 got_close, got_rename = self.pair(write_close, rename)
+            if rename_result == OK and data:
+                STATS["close during dir rename: " + ("close while the copies are held" if held
+                                                     else "rename while the PUT is held")] += 1
             self.conclude(f"close of {(d, f)} during rename {(d,)} -> {dst} on {LABEL[m]}",
                           (got_close, got_rename), [Outcome("one mount, owners serialized", model,
                                                             (OK, rename_result))], (m,), ((d,), dst))
@@ -675,14 +683,14 @@ def make_machine(mnts, proxies, states, s3, bucket):
             self.conclude(f"write+close {path} on {LABEL[a]} / unlink on {LABEL[b]}",
                           (got_close, got_unlink), outcomes, (a, b), (path,))
 
-        @rule(a=mounts, src=paths, dst=paths, seed=fill, length=lengths, held=st.booleans())
+        @rule(a=mounts, dst=paths, seed=fill, length=lengths, held=st.booleans())
         @logged
-        def rename_over_during_write(self, a, src, dst, seed, length, held):
-            """Mount a renames src over dst while mount b writes dst whole (O_TRUNC) and closes."""
+        def rename_over_during_write(self, a, dst, seed, length, held):
+            """Mount a publishes a temporary file by renaming it over dst while mount b
+            writes dst whole (O_TRUNC) and closes it."""
             b = 1 - a
-            if src == dst or not self.ensure_file(a, src, seed + 1) or not self.ensure_file(b, dst, seed + 2):
-                return
-            if not isinstance(self.node_at(src), File):
+            src = dst[:-1] + ("t",)
+            if not self.ensure_file(a, src, seed + 1) or not self.ensure_file(b, dst, seed + 2):
                 return
             self.settle(a, src, dst)
             self.settle(b, src, dst)
