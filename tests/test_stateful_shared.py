@@ -33,8 +33,11 @@ the bytes the model says (so: no mixed object, no acknowledged close lost, no
 unlinked name resurrected, no stray key), every model directory exists, and no
 lost+found entry appeared that no EIO close accounts for.
 
-Bounded: derandomized, no example database, `SETTINGS` below; about 3 minutes on
-a loaded 2-core machine.
+Bounded: derandomized, no example database, no shrinking, `SETTINGS` below (20
+examples of 25 steps; S3PYFS_SHARED_EXAMPLES changes the number of examples): about
+2.5 minutes on a loaded 2-core machine, most of it sleeping out TTLs.  With -s the
+run prints what it did (steps, outcomes picked, overlaps, seconds slept) and, when it
+failed, the first failure with its steps (a replay that fails elsewhere would hide it).
 """
 
 from __future__ import annotations
