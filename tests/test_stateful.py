@@ -78,6 +78,29 @@ class Fail(Exception):
         self.code = code
 
 
+def m_rename(model: "Model", src, dst) -> None:
+    """rename(2) in the model: both parents resolve first, as in the kernel."""
+    sparent = model.parent(src)
+    dparent = model.parent(dst)
+    node = model.existing(src)
+    if isinstance(node, Dir) and dst[:len(src)] == src and dst != src:
+        raise Fail(errno.EINVAL)
+    if src[:len(dst)] == dst and dst != src:
+        raise Fail(errno.ENOTEMPTY)     # the target is a directory above the source (the kernel's answer)
+    old = dparent.children.get(dst[-1])
+    if old is node:
+        return
+    if old is not None:
+        if isinstance(node, Dir) and not isinstance(old, Dir):
+            raise Fail(errno.ENOTDIR)
+        if not isinstance(node, Dir) and isinstance(old, Dir):
+            raise Fail(errno.EISDIR)
+        if isinstance(old, Dir) and old.children:
+            raise Fail(errno.ENOTEMPTY)
+    del sparent.children[src[-1]]
+    dparent.children[dst[-1]] = node
+
+
 def outcome(fn):
     """Run `fn`; return ("ok", value) or ("err", errno)."""
     try:
@@ -210,23 +233,7 @@ def make_machine(mnt, fresh, s3, bucket):
         @rule(src=paths, dst=paths)
         def rename(self, src, dst):
             def model():
-                sparent = self.model.parent(src)     # both parents resolve first,
-                dparent = self.model.parent(dst)     # as in the kernel
-                node = self.model.existing(src)
-                if isinstance(node, Dir) and dst[:len(src)] == src and dst != src:
-                    raise Fail(errno.EINVAL)
-                old = dparent.children.get(dst[-1])
-                if old is node:
-                    return
-                if old is not None:
-                    if isinstance(node, Dir) and not isinstance(old, Dir):
-                        raise Fail(errno.ENOTDIR)
-                    if not isinstance(node, Dir) and isinstance(old, Dir):
-                        raise Fail(errno.EISDIR)
-                    if isinstance(old, Dir) and old.children:
-                        raise Fail(errno.ENOTEMPTY)
-                del sparent.children[src[-1]]
-                dparent.children[dst[-1]] = node
+                m_rename(self.model, src, dst)
             got, want = outcome(lambda: os.rename(self.real(src), self.real(dst))), outcome(model)
             if want == ("err", errno.ENOTEMPTY):
                 # POSIX allows either for a non-empty target directory.

@@ -65,7 +65,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from fault_proxy import FaultProxy
 from support import wait_until
-from test_stateful import Dir, Fail, File, Link, Model, assert_same_bytes, fmt, outcome, payload, resize, write_into
+from test_stateful import (Dir, Fail, File, Link, Model, assert_same_bytes, fmt, m_rename, outcome, payload, resize,
+                           write_into)
 
 pytestmark = pytest.mark.mounted
 
@@ -138,28 +139,6 @@ def m_unlink(model: Model, path) -> None:
     if isinstance(node, Dir):
         raise Fail(errno.EISDIR)
     del model.parent(path).children[path[-1]]
-
-
-def m_rename(model: Model, src, dst) -> None:
-    sparent = model.parent(src)
-    dparent = model.parent(dst)
-    node = model.existing(src)
-    if isinstance(node, Dir) and dst[:len(src)] == src and dst != src:
-        raise Fail(errno.EINVAL)
-    if src[:len(dst)] == dst and dst != src:
-        raise Fail(errno.ENOTEMPTY)     # the target is a directory above the source (the kernel's answer)
-    old = dparent.children.get(dst[-1])
-    if old is node:
-        return
-    if old is not None:
-        if isinstance(node, Dir) and not isinstance(old, Dir):
-            raise Fail(errno.ENOTDIR)
-        if not isinstance(node, Dir) and isinstance(old, Dir):
-            raise Fail(errno.EISDIR)
-        if isinstance(old, Dir) and old.children:
-            raise Fail(errno.ENOTEMPTY)
-    del sparent.children[src[-1]]
-    dparent.children[dst[-1]] = node
 
 
 def related(p: tuple, q: tuple) -> bool:
