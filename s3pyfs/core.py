@@ -61,8 +61,9 @@ class Config:
     def __init__(self, *, prefix: str = "", defaults: Defaults, read_only: bool = False,
                  stat_ttl: float = 5.0, negative_ttl: float = 1.0, cache_entries: int = 100_000, staging_dir: str = "/var/tmp",
                  multipart_size: int = 10 * 1024 * 1024, parallel: int = 8, root_mode: int = 0o755,
-                 drain_timeout: float = 120.0):
+                 drain_timeout: float = 120.0, name_max: int = 255):
         self.prefix = prefix
+        self.name_max = name_max                # longest new name (bytes); stores keep <= 255 per level
         self.defaults = defaults
         self.read_only = read_only
         self.stat_ttl = stat_ttl
@@ -129,6 +130,9 @@ class Core:
             encoded = key.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidArgument(f"name {name!r} is not valid UTF-8, which S3 keys need") from None
+        if len(name.encode("utf-8")) > self.cfg.name_max:
+            # refused before any data is accepted: a close that fails for the name loses nothing
+            raise NameTooLong(f"name of {len(name.encode('utf-8'))} bytes (name_max={self.cfg.name_max})")
         if len(encoded) + 1 > MAX_KEY_BYTES:
             raise NameTooLong(f"key of {name!r} would exceed {MAX_KEY_BYTES} bytes")
         return key

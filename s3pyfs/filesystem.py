@@ -615,4 +615,4 @@ class Filesystem:
         blocks = 2**50 // block      # 1 PiB: S3 has no fixed size; tools want a large, stable figure
         return {"f_bsize": block, "f_frsize": block, "f_blocks": blocks, "f_bfree": blocks,
                 "f_bavail": blocks, "f_files": 2**32, "f_ffree": 2**32, "f_favail": 2**32,
-                "f_namemax": MAX_KEY_BYTES - len(self.core.cfg.prefix)}
+                "f_namemax": min(self.core.cfg.name_max, MAX_KEY_BYTES - len(self.core.cfg.prefix))}

@@ -99,6 +99,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("cache_size", "cache_size", v.whole(1, 2**40), "size limit of the disk cache in MiB"),
     Option("ensure_diskfree", "ensure_diskfree", v.whole(0, 2**40), "MiB of free space the disk cache leaves on its filesystem"),
     # --- transfers and caches
+    Option("name_max", "name_max", v.whole(1, 1024), "longest name in bytes of a new file, directory or link; longer ones are refused with ENAMETOOLONG before any data is written (default 255: SeaweedFS, MinIO and Linux's NAME_MAX; AWS S3 takes up to 1024 for a whole key). statfs reports it"),
     Option("multipart_size", "multipart_size", v.whole(5, 5120), "part size in MiB of multipart uploads; larger files use multipart (default 10)"),
     Option("max_memory", "max_memory", v.whole(16, 1024 * 1024), "MiB of data buffers (read-ahead, upload parts, fetches) all files together hold in memory (default 256)",
            details="Read-ahead shrinks when the budget is used up and writers wait for room; nothing fails for "
@@ -231,6 +232,7 @@ class MountOptions:
     cache_size: int | None = None       # MiB
     ensure_diskfree: int | None = None  # MiB
     multipart_size: int = 10
+    name_max: int = 255
     parallel_count: int = 8
     max_memory: int = 256               # MiB (budget.py)
     stat_cache_expire: float = 5.0

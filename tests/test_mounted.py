@@ -261,10 +261,20 @@ def test_awkward_names(s3, bucket, mount):
         assert (m.path / name).read_text() == name
         assert obj_body(s3, bucket, name) == name.encode()
     assert set(names) <= set(os.listdir(m.path))
-    with pytest.raises(OSError) as info:       # longer than the store takes: an error, not silent loss
-        (m.path / ("y" * 300)).write_text("lost?")
-    assert info.value.errno == errno.ENAMETOOLONG
-    assert not (m.path / ("y" * 300)).exists()
+    # longer than the store takes: refused at create, before any data is accepted, never lost at close
+    for too_long in ("y" * 256, "y" * 300):
+        with pytest.raises(OSError) as info:
+            os.open(m.path / too_long, os.O_CREAT | os.O_WRONLY, 0o644)
+        assert info.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(OSError) as info:
+            os.mkdir(m.path / too_long)
+        assert info.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(OSError) as info:
+            os.rename(m.path / names[0], m.path / too_long)
+        assert info.value.errno == errno.ENAMETOOLONG
+        assert not (m.path / too_long).exists()
+    assert os.statvfs(m.path).f_namemax == 255
+    assert {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]} == set(names)
 
 
 def test_objects_written_by_s3fs_and_other_tools(s3, bucket, mount):

@@ -265,8 +265,12 @@ def check_against_model(final: dict[str, bytes | None], ops: list[dict]) -> None
         payloads = [make_payload(o["tag"], o.get("size", len(content) - 16)) for o in sources]
         for at in range(0, len(content), BLOCK):
             block = content[at:at + BLOCK]
-            assert any(p[at:at + BLOCK] == block for p in payloads), \
-                f"{name} holds a mixed object (version {tag}, block at {at} from no overlapping write)"
+            if any(p[at:at + BLOCK] == block for p in payloads):
+                continue
+            # writes shorter than a block end inside it: check byte by byte
+            for i in range(at, at + len(block)):
+                assert any(len(p) > i and p[i] == content[i] for p in payloads), \
+                    f"{name} holds a mixed object (version {tag}, byte {i} from no overlapping write)"
 
 
 @pytest.mark.parametrize("layout", ["one mount", "two mounts"])
@@ -316,6 +320,11 @@ def test_model_checker_rejects_lost_mixed_and_resurrected():
         check_against_model({"n": v("w1-1")[:BLOCK] + v("w0-1")[BLOCK:]}, ops)   # w0 was over
     overlapping = ops + [op("write", "w5-1", 2.5, 3.5)]
     check_against_model({"n": v("w1-1")[:BLOCK] + v("w5-1")[BLOCK:]}, overlapping)    # one mount: legal
+    short = ops + [op("write", "w6-1", 2.5, 3.5)]
+    short[-1]["size"] = 100                                        # ends inside the first block
+    check_against_model({"n": make_payload("w6-1", 100) + v("w1-1")[116:]}, short)
+    with pytest.raises(AssertionError, match="mixed"):
+        check_against_model({"n": make_payload("w6-1", 100) + v("w0-1")[116:]}, short)
     overlapping[-1]["mount"] = "B"
     with pytest.raises(AssertionError, match="mixed"):
         check_against_model({"n": v("w1-1")[:BLOCK] + v("w5-1")[BLOCK:]}, overlapping)
