@@ -104,6 +104,7 @@ class Core:
         self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
         # set by the FUSE adapter: drop an inode's cached attributes (size) from the kernel
         self.invalidate_attrs: Callable[[int], None] = lambda ino: None
+        self.unmounting = False     # set by the drain: the kernel is going, queue no invalidations
 
     # ------------------------------------------------------------------ helpers
     def node(self, ino: int) -> Node:
@@ -174,7 +175,7 @@ class Core:
             # open handles read the old version through this inode (and the kernel's size and
             # page cache of it): the new version gets an inode of its own, this one is detached
             node = self.inodes.add(parent.ino, name, attrs, ttl)
-            self.invalidate_entry(parent.ino, name)
+            self.forget_kernel_entry(parent.ino, name)
         elif node is not None and node.attrs.kind == attrs.kind:
             if node.staging is None:
                 if node.attrs.etag != attrs.etag:
@@ -300,6 +301,11 @@ class Core:
     def name_removed(self, parent: Node, name: str) -> None:
         self.cache.note_removed(self.inodes.dir_prefix(parent), name)
         self.cache.invalidate_tree(self.inodes.key_for(parent, name) + "/")
+
+    def forget_kernel_entry(self, parent_ino: int, name: str) -> None:
+        """Drop `name` from the kernel's dentry cache (queued), unless the mount is going."""
+        if not self.unmounting:
+            self.invalidate_entry(parent_ino, name)
 
     def describe(self, node: Node) -> str:
         try:

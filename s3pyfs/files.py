@@ -60,7 +60,6 @@ class FileData:
         self.core = core
         self._drain_deadline: float | None = None    # SIGTERM then unmount: one budget for both
         self._drain_conflicts: list[str] = []          # files the unmount drain sent to lost+found
-        self.draining = False                          # the mount is going: no kernel invalidations
 
     # ------------------------------------------------------------------ files
     async def open(self, ino: int, flags: int) -> FileHandle:
@@ -103,7 +102,7 @@ class FileData:
             if node.open_handles == 0:
                 self.core.inodes.detach(parent.ino, node.name)
                 self.core.name_removed(parent, node.name)
-                self.core.invalidate_entry(parent.ino, node.name)
+                self.core.forget_kernel_entry(parent.ino, node.name)
             raise NotFound(f"{node.name} was removed")
         found = namespace.classify_file(info)
         if found.is_dir or (info.etag, info.size) == (node.attrs.etag, node.attrs.size):
@@ -199,15 +198,15 @@ class FileData:
     async def flush(self, fh: int) -> None:
         """close(): commits only what a handle that wrote left; a reader's close never
         completes a writer's streaming upload or publishes a partial object."""
-        if self.core.handles.file(fh).wrote:
-            await self._commit(fh)
+        handle = self.core.handles.file(fh)
+        if handle.wrote:
+            await self._commit(handle.node)
 
     async def fsync(self, fh: int) -> None:
         """fsync(2) makes the file's data durable whichever descriptor asks (POSIX)."""
-        await self._commit(fh)
+        await self._commit(self.core.handles.file(fh).node)
 
-    async def _commit(self, fh: int) -> None:
-        node = self.core.handles.file(fh).node
+    async def _commit(self, node: Node) -> None:
         try:
             await self.upload(node)
         except NameTooLong as exc:
@@ -216,7 +215,7 @@ class FileData:
             if node.attached():
                 parent, name = node.parent, node.name
                 self.core.inodes.detach(parent, name)
-                self.core.invalidate_entry(parent, name)
+                self.core.forget_kernel_entry(parent, name)
             if node.staging is not None:
                 node.staging.mark_clean()
             raise
@@ -319,7 +318,7 @@ class FileData:
         if self._drain_deadline is None:      # SIGTERM then unmount: one budget for both
             self._drain_deadline = trio.current_time() + timeout
         failed = self._drain_conflicts        # kept in lost+found by an earlier drain (SIGTERM)
-        self.draining = True                  # the mount is going: no more kernel invalidations
+        self.core.unmounting = True           # the mount is going: no more kernel invalidations
         limiter = trio.CapacityLimiter(max(1, min(self.core.cfg.parallel, DRAIN_PARALLEL)))
 
         async def one(node: Node) -> None:
@@ -400,8 +399,7 @@ class FileData:
             name = node.name
             self.core.inodes.detach(parent.ino, name)
             self.core.cache.invalidate_tree(self.core.inodes.dir_prefix(parent))
-            if not self.draining:
-                self.core.invalidate_entry(parent.ino, name)
+            self.core.forget_kernel_entry(parent.ino, name)
         self.drop_staging(node)
         metrics.counters.conflicts += 1
         log.error("not uploading %s: %s; the local data is kept in %s", key, exc, where)
