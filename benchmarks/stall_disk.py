@@ -24,10 +24,10 @@ import sys
 from pathlib import Path
 
 import pyfuse3
-import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import stall_fs  # noqa: E402
 from stall_fs import StallFS  # noqa: E402
 
 
@@ -69,15 +69,7 @@ class StallDiskFS(StallFS):
 
 
 def main() -> None:
-    source, mountpoint, control = sys.argv[1:4]
-    fs = StallDiskFS(os.path.abspath(source), os.path.abspath(control))
-    pyfuse3.init(fs, mountpoint, set(pyfuse3.default_options) | {"fsname=stalldisk"})
-    with open(os.path.join(control, "ready"), "w"):
-        pass
-    try:
-        trio.run(pyfuse3.main)
-    finally:
-        pyfuse3.close(unmount=True)
+    stall_fs.main(StallDiskFS, "stalldisk")
 
 
 if __name__ == "__main__":

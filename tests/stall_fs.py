@@ -190,10 +190,11 @@ class StallFS(pyfuse3.Operations):
             os.close(fd)
 
 
-def main() -> None:
+def main(fs_class: type = None, fsname: str = "stallfs") -> None:
+    """`SOURCE MOUNTPOINT CONTROL` from argv: serve `fs_class` (StallFS) until unmounted."""
     source, mountpoint, control = sys.argv[1:4]
-    fs = StallFS(os.path.abspath(source), os.path.abspath(control))
-    options = set(pyfuse3.default_options) | {"fsname=stallfs"}
+    fs = (fs_class or StallFS)(os.path.abspath(source), os.path.abspath(control))
+    options = set(pyfuse3.default_options) | {f"fsname={fsname}"}
     pyfuse3.init(fs, mountpoint, options)
     with open(os.path.join(control, "ready"), "w"):
         pass
