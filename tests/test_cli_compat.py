@@ -159,3 +159,15 @@ def test_foreground_mount_prints_one_mounted_line(seaweed, bucket, tmp_path, fus
             proc.wait(timeout=60)
     assert out_path.read_text() == ""
     assert err_path.read_text() == expected                 # nothing more on a clean unmount
+
+
+@pytest.mark.mounted
+def test_objects_and_implicit_directories_without_mode_metadata(mount, s3, bucket):
+    """README: 0777/0666 minus umask (0755/0644 by default); umask=027 gives s3fs's 0750/0640."""
+    s3.put_object(Bucket=bucket, Key="implicit/plain.txt", Body=b"no metadata")
+    for opts, want_dir, want_file in (((), 0o755, 0o644), (("umask=027",), 0o750, 0o640)):
+        m = mount(bucket, *opts)
+        d, f = os.stat(m.path / "implicit"), os.stat(m.path / "implicit" / "plain.txt")
+        assert stat.S_ISDIR(d.st_mode) and stat.S_ISREG(f.st_mode)
+        assert (oct(stat.S_IMODE(d.st_mode)), oct(stat.S_IMODE(f.st_mode))) == (oct(want_dir), oct(want_file)), opts
+        m.unmount()
