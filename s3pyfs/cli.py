@@ -16,12 +16,25 @@ import re
 import sys
 
 from . import __version__
-from .errors import EXIT_FAILURE, EXIT_USAGE, StartupError, UsageError
+from .errors import (EXIT_CREDENTIALS, EXIT_DIRTY, EXIT_FAILURE, EXIT_MOUNT, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE,
+                     StartupError, UsageError)
 from .options import MountOptions, apply_option_string, help_text
 
 USAGE = ("usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
          "       s3pyfs MOUNTPOINT -o bucket=BUCKET[:/PREFIX][,OPTION...]\n"
          "       s3pyfs status MOUNTPOINT [--json]")
+
+# --help's summary of the exit codes; README's "Exit status" table and the man page's
+# EXIT STATUS section list the same codes (tests/test_options.py compares them).
+EXIT_STATUS = (
+    (EXIT_OK, "ok"),
+    (EXIT_FAILURE, "internal error"),
+    (EXIT_USAGE, "usage"),
+    (EXIT_CREDENTIALS, "credentials"),
+    (EXIT_UNREACHABLE, "endpoint or bucket unreachable"),
+    (EXIT_MOUNT, "mount failed"),
+    (EXIT_DIRTY, "data not uploaded"),
+)
 
 # Lenient on purpose: S3-compatible stores and old us-east-1 buckets allow
 # upper case and underscores; what is refused can never be a bucket.
@@ -57,8 +70,8 @@ def parse_args(argv: list[str]) -> MountOptions | None:
                   f"  -s    accepted for compatibility (s3pyfs always serves requests concurrently)\n"
                   f"  -o    comma-separated options:\n\n{help_text()}\n\n"
                   f"fstab words such as _netdev, nofail, noauto, x-* are accepted and ignored.\n"
-                  f"Exit status: 0 ok, 2 usage, 3 credentials, 4 endpoint or bucket unreachable, "
-                  f"5 mount failed, 6 data not uploaded.\nSee s3pyfs(1).")
+                  f"Exit status: {', '.join(f'{code} {text}' for code, text in EXIT_STATUS)}.\n"
+                  f"See s3pyfs(1).")
             return None
         if arg in ("-V", "--version"):
             print(f"s3pyfs {__version__}")

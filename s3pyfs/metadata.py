@@ -2,8 +2,11 @@
 
 Responsibility: pure conversions, no I/O.  Headers (user metadata as botocore
 hands it over, names without the `x-amz-meta-` prefix):
-  mode   decimal st_mode including the file type bits (S_IFLNK for symlinks)
-  uid, gid, rdev   decimal
+  mode   st_mode including the file type bits (S_IFLNK for symlinks); written
+         decimal, read like C's strtol base 0 as s3fs does: `0100750` (leading
+         0) is octal, `0x81e8` hex, anything else decimal
+  uid, gid   written decimal, read like mode
+  rdev   decimal
   mtime, ctime, atime   seconds since the epoch, integer or `sec.fraction`
   xattr  URL-encoded JSON object {"name": "base64(value)"}  (s3fs's encoding)
 Invariants:
@@ -118,13 +121,26 @@ def _int_header(meta: dict[str, str], name: str) -> int | None:
         return None
 
 
+def _c_int_header(meta: dict[str, str], name: str) -> int | None:
+    """A header as s3fs reads it (strtol base 0): `0755`/`0100750` octal, `0x1ed` hex, else decimal."""
+    text = meta.get(name, "").strip()
+    if not text.isascii() or "_" in text:      # int() would take 1_000; strtol does not
+        return None
+    try:
+        if len(text) > 1 and text[0] == "0" and text[1] not in "xX":
+            return int(text, 8)
+        return int(text, 16) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        return None
+
+
 def attrs_from_object(*, key_is_dir: bool, size: int, etag: str | None, last_modified_ns: int,
                       metadata: dict[str, str], content_type: str | None, defaults: Defaults,
                       headers: dict[str, str] | None = None) -> Attrs:
     """Attributes of one object (or directory marker) from its HEAD/LIST data; `headers`:
     the system headers its HEAD showed (kept, see `Attrs.headers`)."""
     meta = {k.lower(): v for k, v in (metadata or {}).items()}
-    mode = _int_header(meta, "mode")
+    mode = _c_int_header(meta, "mode")
     if mode is not None and stat.S_IFMT(mode) == 0:
         mode |= stat.S_IFDIR if key_is_dir else stat.S_IFREG
     if mode is None or mode <= 0 or mode > 0o177777:
@@ -137,8 +153,8 @@ def attrs_from_object(*, key_is_dir: bool, size: int, etag: str | None, last_mod
     mtime = parse_time_ns(meta.get("mtime")) or last_modified_ns
     attrs = Attrs(
         mode=mode,
-        uid=_int_header(meta, "uid") if _int_header(meta, "uid") is not None else defaults.uid,
-        gid=_int_header(meta, "gid") if _int_header(meta, "gid") is not None else defaults.gid,
+        uid=_c_int_header(meta, "uid") if _c_int_header(meta, "uid") is not None else defaults.uid,
+        gid=_c_int_header(meta, "gid") if _c_int_header(meta, "gid") is not None else defaults.gid,
         size=size,
         mtime_ns=mtime,
         ctime_ns=parse_time_ns(meta.get("ctime")) or mtime,

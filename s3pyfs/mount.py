@@ -308,7 +308,9 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
         log.info("mounted %s on %s", opts.source, opts.mountpoint)
         monitor.write_stats()
         readiness.ready()
-        if not opts.foreground:
+        if opts.foreground:
+            print(f"s3pyfs: mounted {opts.source} at {opts.mountpoint}", file=sys.stderr, flush=True)
+        else:
             detach_stdio()
         stopping: list[bool] = []
         try:

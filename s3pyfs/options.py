@@ -12,6 +12,9 @@ Invariants:
   * s3fs options s3pyfs does not implement are refused by name with the reason
     (`UNSUPPORTED`), never silently ignored.
   * A bad value raises `UsageError` naming the option; nothing else is raised.
+  * An alias row (`alias_of`) behaves exactly like the row it names (the
+    kernel gets the row's name): `region=` is `endpoint=`, `s3pyfs.context=`
+    is `context=`; only error messages say the name as written.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class Option:
     kernel: bool = False      # handed to the kernel (kernel_options)
     bare: str | None = None   # value used when written without `=` (`use_sse` = `use_sse=1`)
     details: str = ""         # more text for the man page only
+    alias_of: str | None = None  # another row's name: this one is parsed and applied exactly like it
 
 
 _NO_EFFECT = "accepted for compatibility, no effect: "
@@ -40,6 +44,7 @@ OPTIONS: tuple[Option, ...] = (
     # --- where and who
     Option("url", "url", v.url, "S3 endpoint URL (default https://s3.amazonaws.com or AWS_ENDPOINT_URL)"),
     Option("endpoint", "region", v.text, "region used for request signing (default us-east-1 or AWS_REGION)"),
+    Option("region", "region", v.text, "alias of endpoint (s3fs's newer name for it)", alias_of="endpoint"),
     Option("use_path_request_style", "path_style", None, "address the bucket as URL/BUCKET instead of BUCKET.host"),
     Option("bucket", "bucket_option", v.text, "BUCKET[:/PREFIX] when the command line gives only the mount point"),
     Option("passwd_file", "passwd_file", v.text, "file with ACCESS:SECRET or BUCKET:ACCESS:SECRET lines (mode 600)"),
@@ -147,6 +152,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("fscontext", None, v.selinux_context, "SELinux context of the filesystem (passed to the kernel)", kernel=True),
     Option("defcontext", None, v.selinux_context, "SELinux default context (passed to the kernel)", kernel=True),
     Option("rootcontext", None, v.selinux_context, "SELinux context of the root inode (passed to the kernel)", kernel=True),
+    *(Option(f"s3pyfs.{name}", None, v.selinux_context, f"{name} in a spelling mount(8) always passes on from fstab "
+             "(it drops the plain one where SELinux is off)", kernel=True, alias_of=name,
+             details="mount(8) removes context options before it runs a helper when SELinux is not enabled, "
+             "and never passes x-* options to helpers; this spelling reaches s3pyfs unchanged. See SELINUX.")
+      for name in ("context", "fscontext", "defcontext", "rootcontext")),
     Option("strict_selinux", "strict_selinux", None, "fail instead of dropping context options when SELinux is not enabled"),
 )
 
@@ -297,6 +307,9 @@ def apply_option(opts: MountOptions, item: str) -> None:
     if name in CONSUMED_FLAGS or item.startswith(CONSUMED_PREFIXES):
         return
     opt = _BY_NAME.get(name)
+    written = name
+    if opt is not None and opt.alias_of:
+        name, opt = opt.alias_of, _BY_NAME[opt.alias_of]
     if opt is None:
         if name in UNSUPPORTED:
             raise UsageError(f"s3fs option {name!r} is not supported by s3pyfs ({UNSUPPORTED[name]})")
@@ -313,7 +326,7 @@ def apply_option(opts: MountOptions, item: str) -> None:
         if opt.bare is None:
             raise UsageError(f"option {name} needs a value: {name}=...")
         value = opt.bare
-    parsed = opt.parse(name, value)
+    parsed = opt.parse(written, value)
     if opt.attr:
         setattr(opts, opt.attr, parsed)
     if opt.kernel:

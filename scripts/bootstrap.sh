@@ -2,7 +2,8 @@
 # Prepare this machine for s3pyfs development (fresh Debian 12, run as root):
 #   1. Debian packages: FUSE 3, build tools, s3fs (for interop tests), tools
 #      the tests drive (git, rsync, sqlite3, tar, attr, strace, fio, systemd-analyze).
-#   2. A virtualenv in .venv with `pip install -e '.[test]'`.
+#   2. A virtualenv in .venv with `pip install -c constraints.txt -e '.[test]'`: the
+#      versions the tests last passed with (constraints.txt, written by `make lock`).
 #   3. /usr/local/bin/s3pyfs -> .venv/bin/s3pyfs, so mount(8) finds it for fstab lines.
 # Idempotent and quick on re-run: apt is skipped when every package is
 # installed, pip when .venv/bootstrap.stamp matches the current packaging
@@ -70,7 +71,7 @@ fingerprint() {
     {
         echo "bootstrap-v1 $ROOT"
         "$PYTHON" -c 'import sys; print(sys.executable, sys.version)'
-        for f in pyproject.toml setup.cfg setup.py scripts/bootstrap.sh; do
+        for f in pyproject.toml setup.cfg setup.py constraints.txt scripts/bootstrap.sh; do
             if [ -f "$f" ]; then echo "== $f"; cat "$f"; fi
         done
     } | sha256sum | cut -d' ' -f1
@@ -119,9 +120,11 @@ fi
 
 rm -f "$STAMP"
 pip_log="$VENV/bootstrap-pip.log"
-log "pip install -e '.[test]' (log: .venv/bootstrap-pip.log)"
+constraints=()
+[ -f constraints.txt ] && constraints=(-c constraints.txt)
+log "pip install ${constraints[*]} -e '.[test]' (log: .venv/bootstrap-pip.log)"
 if ! PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
-        "$VENV/bin/python" -m pip install -e '.[test]' >"$pip_log" 2>&1; then
+        "$VENV/bin/python" -m pip install "${constraints[@]}" -e '.[test]' >"$pip_log" 2>&1; then
     tail -n 40 "$pip_log" >&2
     die "pip install failed (full log: $pip_log)"
 fi

@@ -48,13 +48,21 @@ mount_fstype() {
 }
 is_mounted() { [ -n "$(mount_fstype "$1")" ]; }
 
+# Prints the command line of process $1 (arguments joined by spaces); fails
+# silently when the process is gone.  stderr is redirected before the file is
+# opened: a process that exits between the /proc listing and the read must not
+# print "No such file or directory".
+proc_cmdline() {
+    tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline"
+}
+
 # PIDs whose command line contains every argument (as a fixed string).
 pids_matching() {
     local pid cmd arg ok
     for pid in /proc/[0-9]*; do
         pid=${pid#/proc/}
         [ "$pid" = "$$" ] && continue
-        cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+        cmd=$(proc_cmdline "$pid") || continue
         [ -n "$cmd" ] || continue
         ok=1
         for arg in "$@"; do
@@ -98,6 +106,7 @@ unmount_demo() {
         fi
         is_mounted "$MNT" && die "could not unmount $MNT"
     fi
+    [ -n "$pids" ] && info "waiting for s3pyfs (pid $(echo $pids)) to upload pending data and exit"
     if [ -n "$pids" ] && ! wait_pids_gone "$pids" 30; then
         info "s3pyfs still running 30 s after the unmount; stopping it"
         kill $pids 2>/dev/null || true
@@ -105,14 +114,20 @@ unmount_demo() {
     fi
 }
 
-# Stops the demo SeaweedFS server (SIGTERM, then SIGKILL after 20 s).
+# Stops the demo SeaweedFS server.  After SIGTERM its master and volume server
+# stop at once (volume data is then on disk), but the filer's graceful gRPC
+# stop waits about 15 s for the metadata stream of the S3 gateway in the same
+# process.  The filer store (LevelDB) keeps a log that a killed process loses
+# nothing from, so after WEED_STOP_GRACE seconds the server gets SIGKILL.
+WEED_STOP_GRACE=${S3PYFS_DEMO_WEED_STOP_GRACE:-5}
 stop_weed() {
     local pids
     pids=$(weed_pids)
     [ -n "$pids" ] || return 0
-    info "stopping SeaweedFS (pid $pids)"
+    info "stopping SeaweedFS (pid $(echo $pids)): up to $WEED_STOP_GRACE s for a clean exit, then SIGKILL"
     kill $pids 2>/dev/null || true
-    if ! wait_pids_gone "$pids" 20; then
+    if ! wait_pids_gone "$pids" "$WEED_STOP_GRACE"; then
+        info "SeaweedFS is still draining its filer's gRPC streams; killing it (its data is on disk)"
         kill -9 $pids 2>/dev/null || true
         wait_pids_gone "$pids" 10 || true
     fi

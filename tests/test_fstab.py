@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import support
+from s3pyfs import selinux
 
 pytestmark = pytest.mark.mounted
 
@@ -145,5 +146,59 @@ def test_s3fs_lines_from_a_node_guide_work_with_s3pyfs(installed, seaweed, s3, b
         assert sorted(os.listdir(point)) == ["from-command-line"]
         assert run_bare("mount", "-a", "-T", str(fstab)).returncode == 0 and len(entries(point)) == 1
         assert run_bare("umount", str(point)).returncode == 0
+    finally:
+        support.force_unmount(point)
+
+
+def checkout_helper(tmp_path) -> Path:
+    """A program that runs this checkout's s3pyfs, for the old `fuse` type's `PROGRAM#SOURCE` form:
+    mount(8) and mount.fuse3 treat its options exactly as for `fuse.s3pyfs` (libmount's SELinux
+    handling does not look at the type), and it runs the code under test whatever
+    /usr/local/bin/s3pyfs points at."""
+    helper = tmp_path / "s3pyfs-checkout"
+    root = Path(__file__).resolve().parent.parent
+    helper.write_text(f"#!/bin/sh\nPYTHONPATH='{root}' exec '{sys.executable}' -m s3pyfs \"$@\"\n")
+    helper.chmod(0o755)
+    return helper
+
+
+# On this host SELinux is off; mount(8) (libmount) then removes context=, fscontext=, defcontext=,
+# rootcontext= (and seclabel) before it runs the helper, and never passes x-* options to helpers.
+MCS = '"system_u:object_r:container_file_t:s0:c1,c2"'
+
+
+@pytest.mark.parametrize("spelling, strict, outcome", [
+    ("context", False, "silent"),                  # dropped by mount(8): s3pyfs never sees it
+    ("context", True, "silent"),                   # ... so strict_selinux cannot act either
+    ("s3pyfs.context", False, "warning"),          # reaches s3pyfs: dropped with one warning line
+    ("s3pyfs.context", True, "refused"),           # strict_selinux: exit 5, nothing mounted
+])
+def test_fstab_context_spellings_without_selinux(seaweed, bucket, tmp_path, spelling, strict, outcome):
+    if selinux.selinux_enabled():
+        pytest.fail("this test describes a host without SELinux")
+    point = tmp_path / "mnt"
+    point.mkdir()
+    pw = tmp_path / "passwd-s3fs"
+    fd = os.open(pw, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, f"{seaweed.access_key}:{seaweed.secret_key}\n".encode())
+    os.close(fd)
+    options = (f"_netdev,url={seaweed.endpoint},use_path_request_style,passwd_file={pw},{spelling}={MCS}"
+               + (",strict_selinux" if strict else ""))
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{checkout_helper(tmp_path)}#{bucket} {point} fuse {options} 0 0\n")
+    try:
+        result = run_bare("mount", "-T", str(fstab), str(point))
+        warning = ("s3pyfs: warning: SELinux is not enabled on this host: ignoring context= "
+                   "(add strict_selinux to fail instead)")
+        if outcome == "refused":
+            assert result.returncode == 5 and entries(point) == []          # mount(8) passes the helper's code on
+            assert result.stderr.splitlines()[0] == (
+                "s3pyfs: SELinux is not enabled on this host, so context= cannot be applied "
+                "(strict_selinux is set; remove it to mount without the contexts)")
+        else:
+            assert result.returncode == 0, result.stderr
+            assert len(entries(point)) == 1
+            assert result.stderr.splitlines() == ([warning] if outcome == "warning" else [])
+            assert run_bare("umount", str(point)).returncode == 0
     finally:
         support.force_unmount(point)

@@ -111,7 +111,7 @@ def test_man_page_documents_exactly_the_option_table():
     from s3pyfs.options import OPTIONS
     page = (Path(__file__).resolve().parent.parent / "man" / "s3pyfs.1").read_text()
     section = page.split(".SH OPTIONS", 1)[1].split(".SH ", 1)[0]
-    documented = re.findall(r"^\.TP\n\\fB([a-z0-9_]+)", section, flags=re.M)
+    documented = re.findall(r"^\.TP\n\\fB([a-z0-9_.]+)", section, flags=re.M)
     assert documented == [opt.name for opt in OPTIONS]
     from s3pyfs.options import man_rows
     assert man_rows() in section, "man page rows are stale: run scripts/update-man-options.py"
