@@ -52,8 +52,10 @@ def test_wheel_ships_the_man_page_and_the_units(wheel):
 
 def test_installed_man_page_is_found_and_units_verify(wheel, tmp_path):
     prefix = tmp_path / "prefix"
+    # --ignore-installed: without it pip "upgrades" the venv's own (editable) s3pyfs by
+    # uninstalling it, even though the new copy goes under --prefix
     installed = run(sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                    "--prefix", str(prefix), str(wheel))
+                    "--ignore-installed", "--prefix", str(prefix), str(wheel))
     assert installed.returncode == 0, installed.stderr
     manpath = prefix / "share" / "man"
     assert shutil.which("man"), "man is needed (apt-get install man-db)"
