@@ -21,7 +21,8 @@ from .options import MountOptions, apply_option_string, help_text
 
 USAGE = ("usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
          "       s3pyfs MOUNTPOINT -o bucket=BUCKET[:/PREFIX][,OPTION...]\n"
-         "       s3pyfs status MOUNTPOINT [--json]")
+         "       s3pyfs status MOUNTPOINT [--json]\n"
+         "       s3pyfs csi --endpoint unix:///PATH/csi.sock --node-id NODE")
 
 # Lenient on purpose: S3-compatible stores and old us-east-1 buckets allow
 # upper case and underscores; what is refused can never be a bucket.
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     if is_status_command(args):
         from .status import main as status_main
         return status_main(args[1:])
+    if args[:1] == ["csi"] and any(a == "--endpoint" or a.startswith("--endpoint=") for a in args):
+        from .csi.server import main as csi_main
+        return csi_main(args[1:])
     try:
         opts = parse_args(args)
         if opts is None:

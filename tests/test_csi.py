@@ -1,0 +1,327 @@
+"""The CSI driver (`python -m s3pyfs csi`) driven over its unix socket the way kubelet and
+external-provisioner drive it, against SeaweedFS, with real FUSE mounts.
+
+The driver runs as a subprocess; its mounts are s3pyfs daemons it starts.  Every test
+checks what a cluster would notice: gRPC status codes, objects in S3, files through the
+mount, the mount table, and that no secret reaches a log, an error message or argv.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+
+import support
+from s3pyfs.csi import csi_pb2 as pb
+from s3pyfs.csi import csi_pb2_grpc as pbg
+
+MODE = pb.VolumeCapability.AccessMode
+TIMEOUT = 120          # generous bound for one RPC (a publish waits for a mount)
+
+
+def fs_capability(mode=MODE.MULTI_NODE_MULTI_WRITER, flags=()):
+    return pb.VolumeCapability(mount=pb.VolumeCapability.MountVolume(mount_flags=list(flags)),
+                               access_mode=pb.VolumeCapability.AccessMode(mode=mode))
+
+
+def block_capability():
+    return pb.VolumeCapability(block=pb.VolumeCapability.BlockVolume(),
+                               access_mode=pb.VolumeCapability.AccessMode(mode=MODE.SINGLE_NODE_WRITER))
+
+
+class Driver:
+    """One `s3pyfs csi` process and gRPC stubs on its socket."""
+
+    def __init__(self, socket_path: str, state_dir: Path, log_path: Path):
+        self.socket_path, self.state_dir, self.log_path = socket_path, state_dir, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Driver":
+        cmd = [sys.executable, "-m", "s3pyfs", "csi", "--endpoint", f"unix://{self.socket_path}",
+               "--node-id", "node-1", "--state-dir", str(self.state_dir), "--unpublish-timeout", "120"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.channel = grpc.insecure_channel(f"unix://{self.socket_path}")
+        self.identity = pbg.IdentityStub(self.channel)
+        self.controller = pbg.ControllerStub(self.channel)
+        self.node = pbg.NodeStub(self.channel)
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, f"driver exited {self.proc.returncode}:\n{self.log()}"
+            try:
+                self.identity.Probe(pb.ProbeRequest(), timeout=2)
+                return self
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, f"driver did not answer Probe:\n{self.log()}"
+                time.sleep(0.1)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill9(self) -> None:
+        self.channel.close()
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.channel.close()
+            support.stop_process(self.proc)
+
+
+@pytest.fixture
+def driver(tmp_path, fuse_ready, seaweed):
+    """driver() starts a driver (again) on one socket and state directory; afterwards every
+    driver is stopped and every mount it left is unmounted."""
+    sock_dir = tempfile.mkdtemp(prefix="csi-", dir="/tmp")       # unix socket paths are short
+    state = tmp_path / "state"
+    drivers: list[Driver] = []
+
+    def _start() -> Driver:
+        d = Driver(os.path.join(sock_dir, "csi.sock"), state, tmp_path / "driver.log").start()
+        drivers.append(d)
+        return d
+
+    yield _start
+    for d in drivers:
+        d.stop()
+    for entry in support.mountinfo():
+        if entry["fstype"] == "fuse.s3pyfs" and entry["mountpoint"].startswith(str(tmp_path)):
+            pid = _mount_pid(state, entry["mountpoint"])
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+                support.wait_until(lambda: support.mount_entry(entry["mountpoint"]) is None, 60)
+            support.force_unmount(entry["mountpoint"])
+    for name in os.listdir(sock_dir):
+        os.unlink(os.path.join(sock_dir, name))
+    os.rmdir(sock_dir)
+
+
+def _mount_pid(state: Path, target: str) -> int | None:
+    """The s3pyfs process serving `target`, from its statistics file in the driver's state."""
+    import json
+    for path in (state / "run").glob("*.json"):
+        try:
+            stats = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if stats.get("mountpoint") == target:
+            return stats.get("pid")
+    return None
+
+
+@pytest.fixture
+def secrets(seaweed):
+    return {"accessKeyID": seaweed.access_key, "secretAccessKey": seaweed.secret_key, "endpoint": seaweed.endpoint}
+
+
+def pod_target(tmp_path: Path, name: str) -> str:
+    """kubelet's layout: the parent exists, target_path itself does not."""
+    parent = tmp_path / "pods" / uuid.uuid4().hex / "volumes" / "kubernetes.io~csi" / name
+    parent.mkdir(parents=True)
+    return str(parent / "mount")
+
+
+def code_of(call, *args, **kwargs) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, timeout=TIMEOUT, **kwargs)
+    return info.value
+
+
+def assert_no_secret(text: str, seaweed) -> None:
+    assert seaweed.secret_key not in text
+    assert "wrong-secret-key-0123456789" not in text
+
+
+def state_logs(tmp_path: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in (tmp_path / "state" / "logs").glob("*.log"))
+
+
+# ---------------------------------------------------------------------- identity and capabilities
+def test_identity_and_capabilities(driver):
+    d = driver()
+    info = d.identity.GetPluginInfo(pb.GetPluginInfoRequest(), timeout=TIMEOUT)
+    assert info.name == "csi.s3pyfs.io" and info.vendor_version
+    caps = d.identity.GetPluginCapabilities(pb.GetPluginCapabilitiesRequest(), timeout=TIMEOUT).capabilities
+    assert [c.service.type for c in caps] == [pb.PluginCapability.Service.CONTROLLER_SERVICE]
+    assert d.identity.Probe(pb.ProbeRequest(), timeout=TIMEOUT).ready.value is True
+    ctrl = d.controller.ControllerGetCapabilities(pb.ControllerGetCapabilitiesRequest(), timeout=TIMEOUT)
+    assert [c.rpc.type for c in ctrl.capabilities] == [pb.ControllerServiceCapability.RPC.CREATE_DELETE_VOLUME]
+    assert d.node.NodeGetInfo(pb.NodeGetInfoRequest(), timeout=TIMEOUT).node_id == "node-1"
+    node_caps = d.node.NodeGetCapabilities(pb.NodeGetCapabilitiesRequest(), timeout=TIMEOUT).capabilities
+    assert pb.NodeServiceCapability.RPC.STAGE_UNSTAGE_VOLUME not in [c.rpc.type for c in node_caps]
+
+
+# ---------------------------------------------------------------------- the whole life of a volume
+def test_volume_lifecycle_survives_a_killed_driver(driver, make_bucket, s3, seaweed, secrets, tmp_path):
+    bucket = make_bucket()
+    s3.put_object(Bucket=bucket, Key="other/keep.txt", Body=b"not this volume's")
+    name = f"pvc-{uuid.uuid4()}"
+    d = driver()
+    create = pb.CreateVolumeRequest(name=name, volume_capabilities=[fs_capability()], secrets=secrets,
+                                    parameters={"bucket": bucket, "options": "uid=1234,gid=2345",
+                                                "csi.storage.k8s.io/pvc/name": "data"},
+                                    capacity_range=pb.CapacityRange(required_bytes=5 << 30))
+    volume = d.controller.CreateVolume(create, timeout=TIMEOUT).volume
+    assert volume.volume_id == f"{bucket}/{name}"
+    assert volume.volume_context["options"] == "uid=1234,gid=2345"
+    assert d.controller.CreateVolume(create, timeout=TIMEOUT).volume == volume          # idempotent
+    other = pb.CreateVolumeRequest()
+    other.CopyFrom(create)
+    other.parameters["options"] = "uid=1"
+    assert code_of(d.controller.CreateVolume, other).code() == grpc.StatusCode.ALREADY_EXISTS
+    confirmed = d.controller.ValidateVolumeCapabilities(pb.ValidateVolumeCapabilitiesRequest(
+        volume_id=volume.volume_id, volume_capabilities=[fs_capability()], secrets=secrets), timeout=TIMEOUT)
+    assert confirmed.HasField("confirmed")
+
+    target = pod_target(tmp_path, name)
+    publish = pb.NodePublishVolumeRequest(volume_id=volume.volume_id, target_path=target,
+                                          volume_capability=fs_capability(), secrets=secrets,
+                                          volume_context=volume.volume_context)
+    d.node.NodePublishVolume(publish, timeout=TIMEOUT)
+    assert support.mount_entry(target)["fstype"] == "fuse.s3pyfs"       # mounted when the call returned
+    d.node.NodePublishVolume(publish, timeout=TIMEOUT)                  # idempotent
+    assert [e["mountpoint"] for e in support.mountinfo()].count(target) == 1
+    Path(target, "hello.txt").write_bytes(b"written through the CSI mount")
+    assert s3.get_object(Bucket=bucket, Key=f"{name}/hello.txt")["Body"].read() == b"written through the CSI mount"
+    st = os.stat(Path(target, "hello.txt"))
+    assert (st.st_uid, st.st_gid) == (1234, 2345)                      # CreateVolume's options reached the mount
+    pid = _mount_pid(tmp_path / "state", target)
+    assert pid and pid != d.proc.pid
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    assert_no_secret(cmdline, seaweed)
+    assert seaweed.access_key not in cmdline                            # keys travel in the environment
+
+    d.kill9()                                                           # kubelet's driver pod dies
+    Path(target, "after.txt").write_bytes(b"the mount outlived the driver")
+    assert Path(target, "hello.txt").read_bytes() == b"written through the CSI mount"
+    assert s3.get_object(Bucket=bucket, Key=f"{name}/after.txt")["Body"].read() == b"the mount outlived the driver"
+
+    d = driver()                                                        # the restarted driver
+    assert re.search(rf"found published volume {re.escape(volume.volume_id)} at {re.escape(target)}", d.log())
+    unpublish = pb.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=target)
+    d.node.NodeUnpublishVolume(unpublish, timeout=TIMEOUT)
+    assert support.mount_entry(target) is None and not os.path.exists(target)
+    assert support.wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30), "the mount process did not exit"
+    d.node.NodeUnpublishVolume(unpublish, timeout=TIMEOUT)              # idempotent
+
+    delete = pb.DeleteVolumeRequest(volume_id=volume.volume_id, secrets=secrets)
+    d.controller.DeleteVolume(delete, timeout=TIMEOUT)
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/").get("KeyCount") == 0
+    assert s3.get_object(Bucket=bucket, Key="other/keep.txt")["Body"].read() == b"not this volume's"
+    d.controller.DeleteVolume(delete, timeout=TIMEOUT)                  # idempotent
+    d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id="no-such-bucket-4711/x", secrets=secrets),
+                              timeout=TIMEOUT)
+    assert_no_secret(d.log() + state_logs(tmp_path), seaweed)
+
+
+def test_bucket_per_volume_readonly_publish(driver, s3, seaweed, secrets, tmp_path):
+    name = f"PVC_Data.{uuid.uuid4().hex[:8]}"          # not a bucket name as it is
+    d = driver()
+    create = pb.CreateVolumeRequest(name=name, volume_capabilities=[fs_capability()], secrets=secrets)
+    volume = d.controller.CreateVolume(create, timeout=TIMEOUT).volume
+    bucket = volume.volume_id
+    try:
+        assert "/" not in bucket and re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket)
+        assert d.controller.CreateVolume(create, timeout=TIMEOUT).volume.volume_id == bucket
+        s3.head_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="seed.txt", Body=b"seed")
+
+        target = pod_target(tmp_path, "ro")
+        d.node.NodePublishVolume(pb.NodePublishVolumeRequest(
+            volume_id=bucket, target_path=target, volume_capability=fs_capability(MODE.MULTI_NODE_READER_ONLY),
+            readonly=True, secrets=secrets, volume_context=volume.volume_context), timeout=TIMEOUT)
+        assert Path(target, "seed.txt").read_bytes() == b"seed"
+        with pytest.raises(OSError):
+            Path(target, "new.txt").write_bytes(b"x")
+        d.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=bucket, target_path=target),
+                                   timeout=TIMEOUT)
+        assert support.mount_entry(target) is None
+
+        d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=bucket, secrets=secrets), timeout=TIMEOUT)
+        with pytest.raises(Exception):
+            s3.head_bucket(Bucket=bucket)
+        d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=bucket, secrets=secrets), timeout=TIMEOUT)
+    finally:
+        support.delete_bucket(s3, bucket)
+
+
+# ---------------------------------------------------------------------- bad requests
+def test_bad_requests_get_clear_codes(driver, bucket, secrets, tmp_path):
+    d = driver()
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    cap = fs_capability()
+    assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        volume_capabilities=[cap], secrets=secrets)).code() == invalid                      # no name
+    assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-a", secrets=secrets)).code() == invalid                                   # no capability
+    assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-a", volume_capabilities=[block_capability()], secrets=secrets)).code() == invalid
+    assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-a", volume_capabilities=[cap], secrets=secrets, parameters={"colour": "blue"})).code() == invalid
+    assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-a", volume_capabilities=[cap], secrets=secrets,
+        parameters={"bucket": bucket, "options": "no_such_option"})).code() == invalid
+    assert code_of(d.controller.DeleteVolume, pb.DeleteVolumeRequest(secrets=secrets)).code() == invalid
+
+    validate = d.controller.ValidateVolumeCapabilities
+    ok = validate(pb.ValidateVolumeCapabilitiesRequest(volume_id=bucket, volume_capabilities=[cap]), timeout=TIMEOUT)
+    assert ok.HasField("confirmed")
+    refused = validate(pb.ValidateVolumeCapabilitiesRequest(volume_id=bucket, volume_capabilities=[block_capability()]),
+                       timeout=TIMEOUT)
+    assert not refused.HasField("confirmed") and "block" in refused.message
+    assert code_of(validate, pb.ValidateVolumeCapabilitiesRequest(volume_capabilities=[cap])).code() == invalid
+    assert code_of(validate, pb.ValidateVolumeCapabilitiesRequest(
+        volume_id=f"{bucket}/no-such-volume", volume_capabilities=[cap], secrets=secrets)).code() \
+        == grpc.StatusCode.NOT_FOUND
+
+    target = pod_target(tmp_path, "bad")
+    publish = d.node.NodePublishVolume
+    assert code_of(publish, pb.NodePublishVolumeRequest(
+        target_path=target, volume_capability=cap, secrets=secrets)).code() == invalid        # no volume id
+    assert code_of(publish, pb.NodePublishVolumeRequest(
+        volume_id=bucket, volume_capability=cap, secrets=secrets)).code() == invalid          # no target
+    assert code_of(publish, pb.NodePublishVolumeRequest(
+        volume_id=bucket, target_path=target, secrets=secrets)).code() == invalid             # no capability
+    assert code_of(publish, pb.NodePublishVolumeRequest(
+        volume_id=bucket, target_path=target, volume_capability=block_capability(), secrets=secrets)).code() == invalid
+    assert code_of(d.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(target_path=target)).code() == invalid
+    assert code_of(d.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id=bucket)).code() == invalid
+    assert not os.path.exists(target) and support.mount_entry(target) is None
+
+
+def test_wrong_secrets_are_refused_without_showing_them(driver, bucket, seaweed, secrets, tmp_path):
+    d = driver()
+    wrong = dict(secrets, secretAccessKey="wrong-secret-key-0123456789")
+    cap = fs_capability()
+    error = code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-wrong", volume_capabilities=[cap], secrets=wrong, parameters={"bucket": bucket}))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert_no_secret(error.details(), seaweed)
+    error = code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
+        name="pvc-wrong", volume_capabilities=[cap], secrets={"endpoint": seaweed.endpoint}))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    error = code_of(d.controller.DeleteVolume, pb.DeleteVolumeRequest(volume_id=f"{bucket}/x", secrets=wrong))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert_no_secret(error.details(), seaweed)
+
+    target = pod_target(tmp_path, "wrong")
+    error = code_of(d.node.NodePublishVolume, pb.NodePublishVolumeRequest(
+        volume_id=bucket, target_path=target, volume_capability=cap, secrets=wrong))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
+    assert_no_secret(error.details(), seaweed)
+    assert support.mount_entry(target) is None
+    assert_no_secret(d.log() + state_logs(tmp_path), seaweed)
