@@ -325,3 +325,43 @@ def test_wrong_secrets_are_refused_without_showing_them(driver, bucket, seaweed,
     assert_no_secret(error.details(), seaweed)
     assert support.mount_entry(target) is None
     assert_no_secret(d.log() + state_logs(tmp_path), seaweed)
+
+
+# ---------------------------------------------------------------------- a mount whose process died
+def test_dead_mount_is_mounted_again_and_unpublished(driver, make_bucket, s3, secrets, tmp_path):
+    bucket = make_bucket()
+    d = driver()
+    volume = d.controller.CreateVolume(pb.CreateVolumeRequest(
+        name="pvc-dead", volume_capabilities=[fs_capability()], secrets=secrets, parameters={"bucket": bucket}),
+        timeout=TIMEOUT).volume
+    target = pod_target(tmp_path, "dead")
+    publish = pb.NodePublishVolumeRequest(volume_id=volume.volume_id, target_path=target, secrets=secrets,
+                                          volume_capability=fs_capability(), volume_context=volume.volume_context)
+    d.node.NodePublishVolume(publish, timeout=TIMEOUT)
+    Path(target, "kept.txt").write_bytes(b"in S3 before the crash")
+
+    def kill_mount_process():
+        pid = _mount_pid(tmp_path / "state", target)
+        os.kill(pid, signal.SIGKILL)
+        assert support.wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 30)
+        with pytest.raises(OSError):
+            os.listdir(target)                 # Transport endpoint is not connected
+
+    kill_mount_process()
+    d.node.NodePublishVolume(publish, timeout=TIMEOUT)        # kubelet publishing again heals it
+    assert Path(target, "kept.txt").read_bytes() == b"in S3 before the crash"
+    assert [e["mountpoint"] for e in support.mountinfo()].count(target) == 1
+
+    kill_mount_process()
+    d.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=target),
+                               timeout=TIMEOUT)
+    assert support.mount_entry(target) is None and not os.path.exists(target)
+    d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=volume.volume_id, secrets=secrets), timeout=TIMEOUT)
+
+
+def test_only_the_command_line_imports_the_csi_package():
+    """The driver is a layer on top (beside cli.py): nothing of the filesystem depends on it."""
+    package = Path(__file__).resolve().parent.parent / "s3pyfs"
+    users = sorted(p.name for p in package.glob("*.py") if re.search(r"^\s*from \.csi|import s3pyfs\.csi|"
+                                                                       r"from s3pyfs\.csi", p.read_text(), re.M))
+    assert users == ["cli.py"]

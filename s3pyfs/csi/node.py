@@ -15,6 +15,8 @@ outlives the driver, and found again by a restarted driver.
     dropped.  Unpublish needs neither: it finds the mount's process through the statistics
     file s3pyfs keeps for it (status.load), sends SIGTERM (upload dirty data, then unmount)
     and waits for the mount to leave the mount table and the process to end.
+  * A target whose s3pyfs process is gone ("Transport endpoint is not connected") is
+    detached (umount -l) by unpublish, and by publish, which then mounts it afresh.
 Invariants: the mount table is read, never the target path stat()ed while it might be a
 dead FUSE mount; publish and unpublish of one target never run at once (ABORTED).
 """
@@ -166,6 +168,10 @@ class Node(pbg.NodeServicer):
         self._claim(target)
         try:
             fstype = mounted(target)
+            if fstype == FSTYPE and serving_pid(target) is None:
+                log.warning("%s is a dead s3pyfs mount (its process is gone): detaching it and mounting again", target)
+                self._detach(target)
+                fstype = mounted(target)
             if fstype == FSTYPE:
                 had = self.records.get(target)
                 if had is None or all(had.get(k) == v for k, v in wanted.items()):
@@ -257,9 +263,8 @@ class Node(pbg.NodeServicer):
     def _unmount(self, target: str) -> None:
         """SIGTERM to the mount's process: it uploads dirty data, then unmounts; wait for
         both.  A mount whose process is gone (dead FUSE mount) is detached."""
-        stats = status.load(target) or {}
-        pid = stats.get("pid") if mounted(target) == FSTYPE else None
-        if isinstance(pid, int) and _alive(pid):
+        pid = serving_pid(target) if mounted(target) == FSTYPE else None
+        if pid is not None:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + self.unpublish_timeout
             while (_alive(pid) or mounted(target) is not None) and time.monotonic() < deadline:
@@ -271,6 +276,10 @@ class Node(pbg.NodeServicer):
                 log.warning("s3pyfs pid %d unmounted %s but has not exited yet", pid, target)
             return
         log.warning("%s is mounted but its s3pyfs process is gone: detaching the mount", target)
+        self._detach(target)
+
+    @staticmethod
+    def _detach(target: str) -> None:
         done = subprocess.run(["umount", "-l", target], capture_output=True)
         if done.returncode != 0 and mounted(target) is not None:
             raise CsiError(grpc.StatusCode.INTERNAL, f"cannot unmount {target}: "
@@ -282,6 +291,12 @@ class Node(pbg.NodeServicer):
 
     def NodeGetCapabilities(self, request, context):
         return pb.NodeGetCapabilitiesResponse(capabilities=[])
+
+
+def serving_pid(target: str) -> int | None:
+    """The live s3pyfs process serving `target`, from its statistics file, or None."""
+    pid = (status.load(target) or {}).get("pid")
+    return pid if isinstance(pid, int) and _alive(pid) else None
 
 
 def _alive(pid: int) -> bool:
