@@ -4,6 +4,8 @@ Responsibility: the order of start-up and shut-down.
   1. In the calling process, before trio or any thread exists: check the mount
      point and the credentials source (cli.py checked the syntax), and create and
      check the local state directories (statedir.py; exit 5 when not safely ours).
+     A mount point `/dev/fd/N` is an inherited /dev/fuse descriptor someone else
+     mounted: libfuse serves it as it is and never unmounts it.
   2. Without -f: fork.  The parent waits on a readiness pipe and exits 0 only
      when the child reports the mount live, or with the child's exit code and
      its one-line reason.  The child detaches (setsid, stdio to /dev/null after
