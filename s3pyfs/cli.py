@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if is_status_command(args):
         from .status import main as status_main
         return status_main(args[1:])
-    if args[:1] == ["csi"] and any(a == "--endpoint" or a.startswith("--endpoint=") for a in args):
+    if args[:1] == ["csi"] and (args[1:] in (["-h"], ["--help"]) or
+                                any(a == "--endpoint" or a.startswith("--endpoint=") for a in args)):
         from .csi.server import main as csi_main
         return csi_main(args[1:])
     try:

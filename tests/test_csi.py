@@ -365,3 +365,12 @@ def test_only_the_command_line_imports_the_csi_package():
     users = sorted(p.name for p in package.glob("*.py") if re.search(r"^\s*from \.csi|import s3pyfs\.csi|"
                                                                        r"from s3pyfs\.csi", p.read_text(), re.M))
     assert users == ["cli.py"]
+
+
+def test_csi_subcommand_help_and_usage_errors():
+    shown = subprocess.run([sys.executable, "-m", "s3pyfs", "csi", "--help"], capture_output=True, text=True,
+                           timeout=60)
+    assert shown.returncode == 0 and "--node-id" in shown.stdout and "--endpoint" in shown.stdout
+    refused = subprocess.run([sys.executable, "-m", "s3pyfs", "csi", "--endpoint", "tcp://0:1", "--node-id", "n"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "unix:///" in refused.stderr

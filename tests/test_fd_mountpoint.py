@@ -10,8 +10,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
-
 import support
 
 MS_NOSUID, MS_NODEV = 2, 4
