@@ -374,3 +374,33 @@ def test_csi_subcommand_help_and_usage_errors():
     refused = subprocess.run([sys.executable, "-m", "s3pyfs", "csi", "--endpoint", "tcp://0:1", "--node-id", "n"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "unix:///" in refused.stderr
+
+
+def test_unpublish_uploads_data_a_process_still_holds_open(driver, make_bucket, s3, secrets, tmp_path):
+    """kubelet unpublishes after the pod's containers are gone, but a process may still hold a
+    file open with unsaved writes: the data reaches S3 before NodeUnpublishVolume answers."""
+    bucket = make_bucket()
+    d = driver()
+    volume = d.controller.CreateVolume(pb.CreateVolumeRequest(
+        name="pvc-open", volume_capabilities=[fs_capability()], secrets=secrets, parameters={"bucket": bucket}),
+        timeout=TIMEOUT).volume
+    target = pod_target(tmp_path, "open")
+    d.node.NodePublishVolume(pb.NodePublishVolumeRequest(
+        volume_id=volume.volume_id, target_path=target, secrets=secrets, volume_capability=fs_capability(),
+        volume_context=volume.volume_context), timeout=TIMEOUT)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        f"fd = os.open({os.path.join(target, 'open.log')!r}, os.O_WRONLY | os.O_CREAT, 0o644)\n"
+        "os.write(fd, b'written, never closed')\n"
+        "print('written', flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "written"
+        assert s3.list_objects_v2(Bucket=bucket, Prefix="pvc-open/open.log").get("KeyCount") == 0
+        d.node.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(volume_id=volume.volume_id, target_path=target),
+                                   timeout=TIMEOUT)
+        assert s3.get_object(Bucket=bucket, Key="pvc-open/open.log")["Body"].read() == b"written, never closed"
+        assert support.mount_entry(target) is None
+    finally:
+        writer.kill()
+        writer.wait(timeout=30)
