@@ -205,6 +205,12 @@ def test_volume_lifecycle_survives_a_killed_driver(driver, make_bucket, s3, seaw
     assert_no_secret(cmdline, seaweed)
     assert seaweed.access_key not in cmdline                            # keys travel in the environment
 
+    records = list((tmp_path / "state" / "mounts").glob("*.json"))
+    assert len(records) == 1 and (records[0].stat().st_mode & 0o777) == 0o600
+    assert (tmp_path / "state").stat().st_mode & 0o077 == 0                # root-only
+    assert_no_secret(records[0].read_text(), seaweed)
+    assert seaweed.access_key not in records[0].read_text()
+
     d.kill9()                                                           # kubelet's driver pod dies
     Path(target, "after.txt").write_bytes(b"the mount outlived the driver")
     assert Path(target, "hello.txt").read_bytes() == b"written through the CSI mount"
@@ -298,6 +304,9 @@ def test_bad_requests_get_clear_codes(driver, bucket, secrets, tmp_path):
         volume_id=bucket, target_path=target, secrets=secrets)).code() == invalid             # no capability
     assert code_of(publish, pb.NodePublishVolumeRequest(
         volume_id=bucket, target_path=target, volume_capability=block_capability(), secrets=secrets)).code() == invalid
+    assert code_of(publish, pb.NodePublishVolumeRequest(
+        volume_id="no-such-bucket-4711", target_path=target, volume_capability=cap, secrets=secrets)).code() \
+        == grpc.StatusCode.NOT_FOUND
     assert code_of(d.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(target_path=target)).code() == invalid
     assert code_of(d.node.NodeUnpublishVolume, pb.NodeUnpublishVolumeRequest(volume_id=bucket)).code() == invalid
     assert not os.path.exists(target) and support.mount_entry(target) is None

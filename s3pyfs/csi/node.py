@@ -234,8 +234,10 @@ class Node(pbg.NodeServicer):
                 os.rmdir(target)
             except OSError:
                 pass
-            raise CsiError(EXIT_CODES.get(done.returncode, grpc.StatusCode.INTERNAL),
-                           f"mounting {volume} failed: {reason}")
+            code = EXIT_CODES.get(done.returncode, grpc.StatusCode.INTERNAL)
+            if done.returncode == 4 and "does not exist" in reason:
+                code = grpc.StatusCode.NOT_FOUND          # the volume's bucket is gone
+            raise CsiError(code, f"mounting {volume} failed: {reason}")
 
     # ------------------------------------------------------------------ unpublish
     def NodeUnpublishVolume(self, request, context):
