@@ -413,3 +413,29 @@ def test_unpublish_uploads_data_a_process_still_holds_open(driver, make_bucket, 
     finally:
         writer.kill()
         writer.wait(timeout=30)
+
+
+# ---------------------------------------------------------------------- names and ids (no server)
+def test_bucket_names_from_volume_names_are_valid_and_distinct():
+    from s3pyfs.csi.volumes import bucket_for_volume, valid_bucket
+    names = ["pvc-0b6e8f8e-2a4c-4a43-9d2b-1f1c1a2b3c4d", "PVC-Upper", "pvc-upper", "a.b", "a-b", "x", "_x_",
+             "pvc_data", "pvc-data", "ünïcødé-vol", "192.168.0.1", "a" * 253, "a" * 252 + "b", "-lead", "trail-"]
+    buckets = [bucket_for_volume(n) for n in names]
+    assert all(valid_bucket(b) and "." not in b and b == b.lower() for b in buckets), buckets
+    assert len(set(buckets)) == len(names)
+    assert bucket_for_volume(names[0]) == names[0]            # a valid name is kept as it is
+
+
+def test_volume_ids_and_options_are_checked():
+    from s3pyfs.csi.volumes import CsiError, VolumeId, check_options, parse_volume_id
+    assert parse_volume_id("bkt/pvc-1") == VolumeId("bkt", "pvc-1")
+    assert parse_volume_id("bkt/a/b").source == "bkt:/a/b" and parse_volume_id("bkt").source == "bkt"
+    for bad in ("bkt/../x", "bkt//x", "BK", "bkt/./x", "bkt/x/"):
+        with pytest.raises(CsiError) as info:
+            parse_volume_id(bad)
+        assert info.value.code == grpc.StatusCode.NOT_FOUND
+    check_options("uid=1000,gid=1000,umask=0002")
+    for bad in ("passwd_file=/etc/shadow", "url=http://elsewhere", "logfile=/tmp/x", "nonsense"):
+        with pytest.raises(CsiError) as info:
+            check_options(bad)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
