@@ -72,8 +72,10 @@ class Driver:
         return self.log_path.read_text(errors="replace")
 
     def kill9(self) -> None:
+        """SIGKILL to the driver's whole process group (it leads one), as a supervisor killing
+        the group would: the mount daemons must not be in it."""
         self.channel.close()
-        self.proc.kill()
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
