@@ -246,7 +246,14 @@ def test_bucket_per_volume_readonly_publish(driver, s3, seaweed, secrets, tmp_pa
         assert "/" not in bucket and re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket)
         assert d.controller.CreateVolume(create, timeout=TIMEOUT).volume.volume_id == bucket
         s3.head_bucket(Bucket=bucket)
+        tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+        assert tags["s3pyfs-csi-volume"] == name
         s3.put_object(Bucket=bucket, Key="seed.txt", Body=b"seed")
+        other = pb.CreateVolumeRequest()
+        other.CopyFrom(create)
+        other.parameters["options"] = "umask=0077"
+        assert code_of(d.controller.CreateVolume, other).code() == grpc.StatusCode.ALREADY_EXISTS
+        assert d.controller.CreateVolume(create, timeout=TIMEOUT).volume.volume_id == bucket
 
         target = pod_target(tmp_path, "ro")
         d.node.NodePublishVolume(pb.NodePublishVolumeRequest(
@@ -268,8 +275,11 @@ def test_bucket_per_volume_readonly_publish(driver, s3, seaweed, secrets, tmp_pa
 
 
 # ---------------------------------------------------------------------- bad requests
-def test_bad_requests_get_clear_codes(driver, bucket, secrets, tmp_path):
+def test_bad_requests_get_clear_codes(driver, bucket, s3, secrets, tmp_path):
     d = driver()
+    s3.put_object(Bucket=bucket, Key="someone-elses.txt", Body=b"data")
+    assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(       # a bucket the driver did not make
+        name=bucket, volume_capabilities=[fs_capability()], secrets=secrets)).code() == grpc.StatusCode.ALREADY_EXISTS
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     cap = fs_capability()
     assert code_of(d.controller.CreateVolume, pb.CreateVolumeRequest(
