@@ -22,7 +22,8 @@ from .options import MountOptions, apply_option_string, help_text
 
 USAGE = ("usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"
          "       s3pyfs MOUNTPOINT -o bucket=BUCKET[:/PREFIX][,OPTION...]\n"
-         "       s3pyfs status MOUNTPOINT [--json]")
+         "       s3pyfs status MOUNTPOINT [--json]\n"
+         "       s3pyfs csi --endpoint unix:///PATH/csi.sock --node-id NODE")
 
 # --help's summary of the exit codes; README's "Exit status" table and the man page's
 # EXIT STATUS section list the same codes (tests/test_options.py compares them).
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     if is_status_command(args):
         from .status import main as status_main
         return status_main(args[1:])
+    if args[:1] == ["csi"] and (args[1:] in (["-h"], ["--help"]) or
+                                any(a == "--endpoint" or a.startswith("--endpoint=") for a in args)):
+        from .csi.server import main as csi_main
+        return csi_main(args[1:])
     try:
         opts = parse_args(args)
         if opts is None:

@@ -4,6 +4,8 @@ Responsibility: the order of start-up and shut-down.
   1. In the calling process, before trio or any thread exists: check the mount
      point and the credentials source (cli.py checked the syntax), and create and
      check the local state directories (statedir.py; exit 5 when not safely ours).
+     A mount point `/dev/fd/N` is an inherited /dev/fuse descriptor someone else
+     mounted: libfuse serves it as it is and never unmounts it.
   2. Without -f: fork.  The parent waits on a readiness pipe and exits 0 only
      when the child reports the mount live, or with the child's exit code and
      its one-line reason.  The child detaches (setsid, stdio to /dev/null after
@@ -56,8 +58,26 @@ log = logging.getLogger("s3pyfs")
 
 
 # ---------------------------------------------------------------------- checks before forking
+def fuse_fd(path: str) -> int | None:
+    """N when the mount point is `/dev/fd/N` (libfuse's form for an already-opened /dev/fuse
+    descriptor: whoever passed it mounted it; libfuse then serves it and never unmounts)."""
+    head, _, number = path.rpartition("/")
+    return int(number) if head == "/dev/fd" and number.isdigit() else None
+
+
+def check_fuse_fd(fd: int) -> None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        raise MountError(f"mount point /dev/fd/{fd}: no such open file descriptor") from None
+    if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != 10 or os.minor(st.st_rdev) != 229:
+        raise MountError(f"mount point /dev/fd/{fd} is not an open /dev/fuse descriptor")
+
+
 def check_mountpoint(opts: MountOptions) -> None:
     path = opts.mountpoint
+    if fuse_fd(path) is not None:
+        return check_fuse_fd(fuse_fd(path))
     try:
         st = os.stat(path)
         if os.path.ismount(path):
@@ -291,7 +311,8 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
         fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts, state.base),
                         journal=jrnl)
         ops = Operations(fs)
-        if opts.read_ahead_kb:
+        read_ahead = opts.read_ahead_kb and fuse_fd(opts.mountpoint) is None     # /dev/fd/N: no path to tune
+        if read_ahead:
             ops.before_first_request = _read_ahead_setter(opts.mountpoint, opts.read_ahead_kb)
         monitor = metrics.Monitor(fs, stats_info(opts, settings), stats_group=opts.stats_group)
         if opts.metrics:
@@ -319,7 +340,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                 nursery.start_soon(_watch_signals, fs, stopping)
                 nursery.start_soon(monitor.publish)
                 nursery.start_soon(fs.retry_failed_uploads)
-                if opts.read_ahead_kb:
+                if read_ahead:
                     nursery.start_soon(_raise_read_ahead_later,
                                        _read_ahead_setter(opts.mountpoint, opts.read_ahead_kb))
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
