@@ -2,10 +2,12 @@
 #   make demo       bootstrap, start a local S3 server, mount a bucket, show it off
 #   make demo-stop  unmount the demo and stop its S3 server
 #   make test       bootstrap, then run the whole test suite
+#   make image      build the container image with podman and run it against a local
+#                   S3 server (scripts/image.sh; deploy/docker/README.md)
 # scripts/bootstrap.sh installs Debian packages and .venv; it is quick when
 # there is nothing to do.
 
-.PHONY: all bootstrap demo demo-stop test
+.PHONY: all bootstrap demo demo-stop test image
 
 all: test
 
@@ -20,6 +22,9 @@ demo-stop:
 
 test: bootstrap
 	.venv/bin/python -m pytest -q tests
+
+image: bootstrap
+	@bash scripts/image.sh
 
 # Benchmarks (benchmarks/README.md): s3pyfs vs s3fs-fuse vs direct S3 on a
 # private SeaweedFS.  bench-quick takes a few minutes; bench takes about half

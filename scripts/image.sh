@@ -100,9 +100,26 @@ do_base() {
     ((${#sources[@]})) || die "no apt sources for $RELEASE in /etc/apt/sources.list*"
     log "mmdebstrap $RELEASE (minbase) from ${sources[*]}"
     tarball=$(mktemp /tmp/s3pyfs-base.XXXXXX.tar)
-    # minbase: essential packages + apt, as Debian's images.  The dpkg excludes are the ones
-    # the -slim images carry (no man pages, docs or translations; copyrights kept).
+    aptconf=$(mktemp /tmp/s3pyfs-base-apt.XXXXXX)
+    # What keeps a -slim image slim when later layers run apt-get: no package caches or
+    # downloaded .debs left behind, no translations, compressed indexes.
+    cat >"$aptconf" <<'APT'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Acquire::Languages "none";
+Acquire::GzipIndexes "true";
+Acquire::CompressionTypes::Order:: "gz";
+APT
+    # minbase: essential packages + apt, as Debian's images; /usr merged by mmdebstrap's hook
+    # (not by the usrmerge package, which would pull in perl).  The dpkg excludes are the ones
+    # the -slim images carry (no man pages, docs or translations; copyrights kept) and stay in
+    # the image for the packages the Dockerfile adds.
     mmdebstrap --variant=minbase --mode=root --format=tar --quiet \
+        --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+        --customize-hook="upload $aptconf /etc/apt/apt.conf.d/90s3pyfs-slim" \
+        --customize-hook='rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/*' \
         --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
@@ -113,7 +130,7 @@ do_base() {
         "$RELEASE" "$tarball" "${sources[@]}"
     "${PODMAN[@]}" import --change 'CMD ["bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         "$tarball" "$BASE" >/dev/null
-    rm -f "$tarball"
+    rm -f "$tarball" "$aptconf"
     log "imported $BASE ($("${PODMAN[@]}" image inspect --format '{{.Size}}' "$BASE") bytes)"
 }
 
@@ -121,7 +138,7 @@ do_base() {
 # pip's configuration as `pip config list` shows it (files and PIP_* variables merged), turned
 # into one pip.conf that goes in as a build secret (it may hold an index token: it must not end
 # up in an image layer or in the build's history).  Local paths it names (find-links, file://
-# indexes, cert, constraint files) are bind-mounted read-only under /run/host-pip in the build.
+# indexes, cert, constraint files) are bind-mounted read-only in the build.
 pip_config() {
     local out=$1
     "$PYTHON" - "$out" <<'EOF'
@@ -133,38 +150,44 @@ for line in lines:
     m = re.match(r"^(?:global|install|download|wheel|:env:)\.([\w-]+)='(.*)'$", line)
     if m:
         settings[m.group(1)] = m.group(2)       # later sections (env) override earlier ones
-# Local paths are seen in the build under /run/host-pip/PATH (not at PATH itself: a host file
-# such as the CA bundle must not shadow the image's own).
-mounts = set()
+# Local directories (find-links, file:// indexes) are mounted at the same path, since an
+# index's pages link to files by absolute path (a .../simple index: its parent directory is
+# mounted).  Local files (cert, constraints) are seen under /run/host-pip/PATH instead: a host
+# file such as the CA bundle must not shadow the image's own.
+mounts = {}
 def rewrite(token):
     scheme = "file://" if token.startswith("file://") else ""
     path = token[len(scheme):]
     if not (path.startswith("/") and os.path.exists(path)):
         return token
-    mounts.add(os.path.realpath(path))
-    return scheme + "/run/host-pip" + os.path.realpath(path)
+    real = os.path.realpath(path)
+    if os.path.isdir(real):
+        top = os.path.dirname(real) if os.path.basename(real) == "simple" else real
+        mounts[top] = top
+        return token
+    mounts[real] = "/run/host-pip" + real
+    return scheme + "/run/host-pip" + real
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 with os.fdopen(fd, "w") as fh:
     fh.write("[global]\n")
     for key, value in sorted(settings.items()):
         fh.write(f"{key} = {' '.join(rewrite(t) for t in value.split())}\n")
-for path in sorted(mounts):
-    print(path)
+for source, inside in sorted(mounts.items()):
+    print(f"{source}:{inside}")
 EOF
 }
 
 do_build() {
-    local work conf volumes=() path
-    work=$(mktemp -d /tmp/s3pyfs-image-build.XXXXXX)
-    trap 'rm -rf "$work"' RETURN
-    conf=$work/pip.conf
+    local conf volumes=() path
+    conf=$(mktemp /tmp/s3pyfs-image-pip.XXXXXX)
     while read -r path; do
-        volumes+=(--volume "$path:/run/host-pip$path:ro")
+        volumes+=(--volume "$path:ro")
     done < <(pip_config "$conf")
-    log "pip configuration: $(grep -c = "$conf") settings, ${#volumes[@]} local path(s) mounted"
+    log "pip configuration: $(grep -c = "$conf") settings, $((${#volumes[@]} / 2)) local path(s) mounted"
     "${PODMAN[@]}" build --pull=never --layers \
         --secret "id=pipconf,src=$conf" "${volumes[@]}" "${ULIMITS[@]}" \
-        -f "$DOCKERFILE" -t "$IMAGE" .
+        -f "$DOCKERFILE" -t "$IMAGE" . || { rm -f "$conf"; return 1; }
+    rm -f "$conf"
     log "built $IMAGE: $("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE") bytes"
 }
 

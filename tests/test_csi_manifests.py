@@ -117,12 +117,13 @@ def schema_problems(value, type_name: str, path: str) -> list[str]:
     """Every place where `value` does not fit the client's type `type_name`."""
     if type_name == "object":
         return []
-    m = re.fullmatch(r"List\[(.+)\]", type_name)
+    # "List[X]"/"Dict[str, X]" (client >= 35), "list[X]"/"dict(str, X)" (older clients)
+    m = re.fullmatch(r"[Ll]ist\[(.+)\]", type_name)
     if m:
         if not isinstance(value, list):
             return [f"{path}: expected a list, got {type(value).__name__}"]
         return [p for i, item in enumerate(value) for p in schema_problems(item, m.group(1), f"{path}[{i}]")]
-    m = re.fullmatch(r"Dict\[str, (.+)\]", type_name)
+    m = re.fullmatch(r"Dict\[str, (.+)\]", type_name) or re.fullmatch(r"dict\(str, (.+)\)", type_name)
     if m:
         if not isinstance(value, dict):
             return [f"{path}: expected a mapping, got {type(value).__name__}"]
@@ -341,8 +342,9 @@ def test_node_plugin_mounts_into_kubelets_directory_and_keeps_mounts_outside_the
     assert pod["hostPID"] is True and pod["hostNetwork"] is True
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert _volume(pod, _mount_of(s3pyfs, "/run/systemd")["name"])["hostPath"]["path"] == "/run/systemd"
-    state = _volume(pod, _mount_of(s3pyfs, "/var/lib/s3pyfs")["name"])["hostPath"]
-    assert state["path"] == "/var/lib/s3pyfs"
+    # The driver's state (mount records, staging data, journal) is on the host, not in the pod.
+    state = _volume(pod, _mount_of(s3pyfs, "/var/lib/s3pyfs-csi")["name"])["hostPath"]
+    assert state["path"] == "/var/lib/s3pyfs-csi"
     # No preStop hook that would unmount volumes in use when the driver pod is replaced.
     assert "lifecycle" not in s3pyfs
 
