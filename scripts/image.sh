@@ -184,7 +184,8 @@ do_build() {
         volumes+=(--volume "$path:ro")
     done < <(pip_config "$conf")
     log "pip configuration: $(grep -c = "$conf") settings, $((${#volumes[@]} / 2)) local path(s) mounted"
-    "${PODMAN[@]}" build --pull=never --layers \
+    # --format docker: the OCI format has no HEALTHCHECK, and the Dockerfile has one.
+    "${PODMAN[@]}" build --pull=never --layers --format docker \
         --secret "id=pipconf,src=$conf" "${volumes[@]}" "${ULIMITS[@]}" \
         -f "$DOCKERFILE" -t "$IMAGE" . || { rm -f "$conf"; return 1; }
     rm -f "$conf"

@@ -118,9 +118,10 @@ def check_mount(podman: Podman, image: str, server, summary: dict) -> None:
 
         procs = container_processes(podman, name)
         summary["processes"] = [cmd for _pid, cmd in procs]
-        others = [cmd for pid, cmd in procs
-                  if pid != 1 and not cmd.split(" ", 1)[0].endswith("s3pyfs")
-                  and "s3pyfs" not in cmd.split(" ")[1:2]]
+        def is_s3pyfs(cmd: str) -> bool:     # "s3pyfs ..." or "python3 .../s3pyfs ..."
+            return any(os.path.basename(word) == "s3pyfs" for word in cmd.split()[:2])
+
+        others = [cmd for pid, cmd in procs if pid != 1 and not is_s3pyfs(cmd)]
         if not procs or procs[0][0] != 1 or "s3pyfs-entrypoint" not in procs[0][1] or others:
             raise CheckFailed(f"unexpected processes in the container: {procs}")
         if len(procs) != 2:

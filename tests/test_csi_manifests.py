@@ -374,7 +374,7 @@ def test_storageclasses_name_secrets_that_exist_with_the_driver_keys():
             # Placeholders, never keys.
             assert data["accessKeyID"].startswith("REPLACE") and data["secretAccessKey"].startswith("REPLACE")
         # Only the parameters the driver knows, plus the sidecar's csi.storage.k8s.io/ ones.
-        assert {k for k in params if not k.startswith("csi.storage.k8s.io/")} <= {"bucket", "options"}
+        assert {k for k in params if not k.startswith("csi.storage.k8s.io/")} <= {"bucket", "options", "pathStyle"}
     assert "bucket" in one("StorageClass", "s3pyfs")["parameters"]
     assert "bucket" not in one("StorageClass", "s3pyfs-bucket")["parameters"]
 
