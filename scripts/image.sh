@@ -27,8 +27,8 @@ DOCKERFILE=deploy/docker/Dockerfile
 VERSION=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' s3pyfs/__init__.py)
 IMAGE=${S3PYFS_IMAGE:-localhost/s3pyfs:$VERSION}
 STEPS=${S3PYFS_IMAGE_STEPS:-packages base build check}
-# Explicit ulimits: podman's defaults (1048576 files, 4194304 processes) exceed what this
-# kind of host lets runc set.  Files: the hard limit of this shell (at most 65536); processes:
+# Explicit ulimits: without them runc fails here to set podman's defaults for root ("error
+# setting rlimits ... operation not permitted").  Files: the hard limit of this shell (at most 65536); processes:
 # at most 32768 (runc was refused 65536 here although the hard limit was higher).
 cap() { local v=$1 max=$2; if [ "$v" = unlimited ] || [ "$v" -gt "$max" ]; then echo "$max"; else echo "$v"; fi; }
 NOFILE=${S3PYFS_IMAGE_NOFILE:-$(cap "$(ulimit -Hn)" 65536)}
