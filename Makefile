@@ -4,10 +4,12 @@
 #   make test       bootstrap, then run the whole test suite
 #   make lock       write constraints.txt from .venv: after adding a dependency to
 #                   pyproject.toml or upgrading one on purpose (then make test, commit both)
+#   make image      build the container image with podman and run it against a local
+#                   S3 server (scripts/image.sh; deploy/docker/README.md)
 # scripts/bootstrap.sh installs Debian packages and .venv; it is quick when
 # there is nothing to do.
 
-.PHONY: all bootstrap demo demo-stop test lock
+.PHONY: all bootstrap demo demo-stop test lock image
 
 all: test
 
@@ -25,6 +27,9 @@ test: bootstrap
 
 lock: bootstrap
 	.venv/bin/python scripts/lock.py
+
+image: bootstrap
+	@bash scripts/image.sh
 
 # Benchmarks (benchmarks/README.md): s3pyfs vs s3fs-fuse vs direct S3 on a
 # private SeaweedFS.  bench-quick takes a few minutes; bench takes about half
