@@ -281,7 +281,10 @@ def check_s3pyfs_csi_container(pod_spec: dict) -> None:
     """`s3pyfs csi --endpoint unix:///csi/csi.sock --node-id $(NODE_NAME)`, socket dir at /csi."""
     c = container(pod_spec, "s3pyfs")
     assert c["command"] == ["s3pyfs"]
-    assert c["args"] == ["csi", "--endpoint", SOCKET, "--node-id", "$(NODE_NAME)"]
+    assert c["args"][:5] == ["csi", "--endpoint", SOCKET, "--node-id", "$(NODE_NAME)"]
+    # the node plugin's mounts must outlive its pod: scopes of the host's systemd
+    if pod_spec.get("hostPID"):
+        assert c["args"][5:] == ["--mounter", "systemd-run"]
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     _mount_of(c, "/csi")
