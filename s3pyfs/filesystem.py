@@ -630,8 +630,8 @@ class Filesystem:
                 "f_namemax": self.name_max()}
 
     def name_max(self) -> int:
-        """The longest name every directory can take at least at the mount root: `name_max`,
-        or less when the whole-key limit leaves less below the prefix (a directory's marker
-        adds a '/'); deeper directories can take less (ENAMETOOLONG, core.name_too_long)."""
+        """statfs's f_namemax: the longest name the mount root takes, `name_max` or less when
+        `key_max` leaves less room below the prefix (with the '/' of a directory marker);
+        deeper directories take less (core.name_too_long)."""
         room = self.core.cfg.key_max - len(self.core.cfg.prefix.encode("utf-8", "surrogateescape")) - 1
         return max(1, min(self.core.cfg.name_max, room))
