@@ -627,9 +627,9 @@ class Filesystem:
         blocks = 2**50 // block      # 1 PiB: S3 has no fixed size; tools want a large, stable figure
         return {"f_bsize": block, "f_frsize": block, "f_blocks": blocks, "f_bfree": blocks,
                 "f_bavail": blocks, "f_files": 2**32, "f_ffree": 2**32, "f_favail": 2**32,
-                "f_namemax": self.name_max()}
+                "f_namemax": self.statfs_namemax()}
 
-    def name_max(self) -> int:
+    def statfs_namemax(self) -> int:
         """statfs's f_namemax: the longest name the mount root takes, `name_max` or less when
         `key_max` leaves less room below the prefix (with the '/' of a directory marker);
         deeper directories take less (core.name_too_long)."""
