@@ -63,7 +63,6 @@ class Attributes:
         self.core.require_writable()
         now = now_ns()
         attrs = node.attrs
-        before = (attrs.mode, attrs.uid, attrs.gid, attrs.atime_ns, attrs.mtime_ns)
         if mode is not None:
             attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
         if uid is not None:
@@ -77,8 +76,9 @@ class Attributes:
         if (atime_ns is not None or mtime_ns is not None) and node.staging is not None \
                 and node.staging.stream is not None:
             node.staging.stream.explicit_times = True
-        # a change to the values already stored (tar's chmod after mkdir) costs no request
-        changed_meta = (attrs.mode, attrs.uid, attrs.gid, attrs.atime_ns, attrs.mtime_ns) != before
+        # every change asked for is a status change, even to the values already stored (chown
+        # to the same owner): ctime moves, as on Linux, and is stored like the rest
+        changed_meta = any(value is not None for value in (mode, uid, gid, atime_ns, mtime_ns))
         if changed_meta:
             attrs.ctime_ns = now
         if size is not None:
@@ -129,6 +129,10 @@ class Attributes:
 
     async def _persist_dir_metadata(self, node: Node, meta: dict[str, str]) -> None:
         marker = self.core.inodes.dir_prefix(node)
+        if self.core.dir_metadata_kept is False and node.has_marker:
+            # the store drops a marker's metadata: rewriting it would store nothing
+            self.core.dir_attr_overrides[marker] = node.attrs.copy()
+            return
         await self.core.client.put(marker, b"", meta, DIR_CONTENT_TYPE)
         node.has_marker = True
         if self.core.dir_metadata_kept is None:

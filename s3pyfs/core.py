@@ -39,10 +39,13 @@ from .stat_cache import ListedEntry, StatCache
 
 log = logging.getLogger(__name__)
 
-MAX_KEY_BYTES = 1024
+MAX_KEY_BYTES = 1024          # default whole-key limit (AWS S3, MinIO, SeaweedFS)
 # a HEAD this long after the object's Last-Modified pins its version: a later change of the
 # headers alone (CopyObject in place) lands in a later second, so a listing shows it
 VERSION_SETTLED_NS = 2 * 1_000_000_000
+# bound of a synchronous kernel entry invalidation (forget_kernel_entry_now): the kernel
+# waits for requests holding the directory's lock, which this process answers meanwhile
+KERNEL_INVALIDATION_WAIT = 10.0
 
 
 def object_version(etag: str | None, size: int, last_modified_ns: int) -> tuple[str | None, int, int]:
@@ -61,9 +64,10 @@ class Config:
     def __init__(self, *, prefix: str = "", defaults: Defaults, read_only: bool = False,
                  stat_ttl: float = 5.0, negative_ttl: float = 1.0, cache_entries: int = 100_000, staging_dir: str = "/var/tmp",
                  multipart_size: int = 10 * 1024 * 1024, parallel: int = 8, root_mode: int = 0o755,
-                 drain_timeout: float = 120.0, name_max: int = 255):
+                 drain_timeout: float = 120.0, name_max: int = 255, key_max: int = MAX_KEY_BYTES):
         self.prefix = prefix
         self.name_max = name_max                # longest new name (bytes); stores keep <= 255 per level
+        self.key_max = key_max                  # longest whole key (bytes, prefix and a marker's '/' included)
         self.defaults = defaults
         self.read_only = read_only
         self.stat_ttl = stat_ttl
@@ -102,6 +106,8 @@ class Core:
         self._tree_listings: dict[str, trio.Event] = {}   # recursive listings in flight
         # set by the FUSE adapter: drop a name from the kernel's dentry cache
         self.invalidate_entry: Callable[[int, str], None] = lambda parent, name: None
+        # set by the FUSE adapter: the same, done when it returns (blocks: run in a thread)
+        self.invalidate_entry_now: Callable[[int, str], None] | None = None
         # set by the FUSE adapter: drop an inode's cached attributes (size) from the kernel
         self.invalidate_attrs: Callable[[int], None] = lambda ino: None
         self.unmounting = False     # set by the drain: the kernel is going, queue no invalidations
@@ -123,19 +129,31 @@ class Core:
         if self.cfg.read_only:
             raise ReadOnly("mounted read-only")
 
+    def name_too_long(self, parent: Node, name: str) -> NameTooLong | None:
+        """Why `name` in `parent` is too long for the store (None if it is not): more than
+        `name_max` bytes, or a key that, with the `/` a directory marker adds, would pass
+        `key_max` bytes."""
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > self.cfg.name_max:
+            return NameTooLong(f"name of {size} bytes (name_max={self.cfg.name_max})")
+        key_size = len(self.inodes.key_for(parent, name).encode("utf-8", "surrogateescape")) + 1
+        if key_size > self.cfg.key_max:
+            return NameTooLong(f"key of {key_size - 1} bytes, {key_size} as a directory (key_max={self.cfg.key_max})")
+        return None
+
     def check_new_name(self, parent: Node, name: str) -> str:
+        """The key of a name about to be created; refused before any request or data."""
         if not namespace.valid_name(name):
             raise InvalidArgument(f"name {name!r} cannot be stored")
+        too_long = self.name_too_long(parent, name)
+        if too_long is not None:
+            # refused before any data is accepted: a close that fails for the name loses nothing
+            raise too_long
+        key = self.inodes.key_for(parent, name)
         try:
-            key = self.inodes.key_for(parent, name)
-            encoded = key.encode("utf-8")
+            key.encode("utf-8")
         except UnicodeEncodeError:
             raise InvalidArgument(f"name {name!r} is not valid UTF-8, which S3 keys need") from None
-        if len(name.encode("utf-8")) > self.cfg.name_max:
-            # refused before any data is accepted: a close that fails for the name loses nothing
-            raise NameTooLong(f"name of {len(name.encode('utf-8'))} bytes (name_max={self.cfg.name_max})")
-        if len(encoded) + 1 > MAX_KEY_BYTES:
-            raise NameTooLong(f"key of {name!r} would exceed {MAX_KEY_BYTES} bytes")
         return key
 
     def fresh(self, node: Node) -> bool:
@@ -306,6 +324,21 @@ class Core:
         """Drop `name` from the kernel's dentry cache (queued), unless the mount is going."""
         if not self.unmounting:
             self.invalidate_entry(parent_ino, name)
+
+    async def forget_kernel_entry_now(self, parent_ino: int, name: str) -> None:
+        """Drop `name` from the kernel's dentry cache before returning, for a reply after
+        which the name must be gone (a close whose data lost its name).  Waits at most
+        KERNEL_INVALIDATION_WAIT seconds (then it stays queued).  Only for requests the
+        kernel sends holding no directory lock (flush, fsync): the kernel takes the
+        parent directory's lock for it."""
+        if self.unmounting or self.invalidate_entry_now is None:
+            self.forget_kernel_entry(parent_ino, name)
+            return
+        with trio.move_on_after(KERNEL_INVALIDATION_WAIT) as scope:
+            await trio.to_thread.run_sync(self.invalidate_entry_now, parent_ino, name, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            log.warning("the kernel took more than %g s to forget %s; it may still show it briefly",
+                        KERNEL_INVALIDATION_WAIT, name)
 
     def describe(self, node: Node) -> str:
         try:

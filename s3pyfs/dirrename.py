@@ -44,7 +44,7 @@ import trio
 
 from . import namespace
 from .concurrency import run_all
-from .errors import FSError, RenamedElsewhere
+from .errors import FSError, NameTooLong, RenamedElsewhere
 from .journal import abandoned
 from .metadata import DIR_CONTENT_TYPE
 from .s3client import ObjectInfo, S3Client
@@ -254,10 +254,11 @@ class DirRenames:
         return intent is not None and intent.new_prefix == new_prefix
 
     async def rename(self, client: S3Client, old_prefix: str, new_prefix: str,
-                     marker_metadata: dict[str, str], parallel: int) -> None:
+                     marker_metadata: dict[str, str], parallel: int, key_max: int | None = None) -> None:
         """Move the directory `old_prefix` to `new_prefix` in S3 (see the module doc).
         Raises RenamedElsewhere (ENOENT) when an earlier attempt to rename `old_prefix` elsewhere was
-        rolled forward now (the source is gone)."""
+        rolled forward now (the source is gone), NameTooLong before any copy when a key below
+        would pass `key_max` bytes."""
         earlier = self.unfinished.get(old_prefix)
         if earlier is not None:
             await self._finish(client, earlier)
@@ -267,6 +268,12 @@ class DirRenames:
                 raise RenamedElsewhere(f"{old_prefix} was renamed to {earlier.new_prefix} by an earlier rename, "
                                "finished now")
         intent = await _plan(client, old_prefix, new_prefix)
+        if key_max is not None:
+            longest = max(len(_target(intent, key).encode("utf-8", "surrogateescape"))
+                          for key, _etag, _size in intent.sources + [[old_prefix, None, 0]])
+            if longest > key_max:
+                raise NameTooLong(f"renaming {old_prefix} to {new_prefix} would make a key of {longest} bytes "
+                                  f"(key_max={key_max})")
         intent.path = _new_path(self.directory, self._numbers)
         try:
             await _save(intent)

@@ -7,8 +7,10 @@ Invariants (data safety, see ARCHITECTURE.md):
   * `flush`/`fsync` return only after the upload succeeded, or raise.
   * A failed upload at `release` keeps the staging file and the node (dirty)
     for the next flush or the unmount drain; nothing is dropped silently.
-  * A key the store refuses for good (too long) fails the flush with
-    ENAMETOOLONG and is then dropped, since no retry can succeed.
+  * A key the store refuses for good (too long for it, although within
+    name_max/key_max) fails the flush with ENAMETOOLONG; the data goes to
+    lost+found with a record of why (never away), and the name is gone from
+    the kernel's cache before close()/fsync() answer.
   * Every staging file has a journal record while dirty (journal.py): the
     record names the key the data belongs to and is removed when the file
     is uploaded, unlinked or renamed away, so recovery never resurrects it.
@@ -209,15 +211,12 @@ class FileData:
     async def _commit(self, node: Node) -> None:
         try:
             await self.upload(node)
-        except NameTooLong as exc:
-            # the store will never take this key: close() gets the error, retrying is pointless
-            log.error("dropping data of %s: %s", self.core.describe(node), exc)
-            if node.attached():
-                parent, name = node.parent, node.name
-                self.core.inodes.detach(parent, name)
-                self.core.forget_kernel_entry(parent, name)
-            if node.staging is not None:
-                node.staging.mark_clean()
+        except (NameTooLong, Conflict) as exc:
+            # the data is in lost+found and the name detached (_refused): once close() or
+            # fsync() answers, no stat of the name may find the kernel's old entry
+            detached = getattr(exc, "detached", None)
+            if detached is not None and self.core.inodes.child(*detached) is None:
+                await self.core.forget_kernel_entry_now(*detached)
             raise
 
     async def release(self, fh: int) -> None:
@@ -231,10 +230,8 @@ class FileData:
         if handle.wrote:
             try:
                 await self.upload(node)
-            except NameTooLong:
-                return                  # reported to close() by flush; the node is gone
-            except Conflict:
-                pass                    # in lost+found now, logged once by _conflicted
+            except (Conflict, NameTooLong):
+                pass                    # in lost+found now, logged once by _refused
             except FSError as exc:
                 log.error("could not upload %s at close (%s); the data stays staged and is retried in the "
                           "background, at the next flush and at unmount", self.core.describe(node), exc)
@@ -268,7 +265,12 @@ class FileData:
             etag = await staging.upload(self.core.client, key, user_metadata(node.attrs), self.core.fetcher(node),
                                         self.core.cfg.multipart_size, self.core.cfg.parallel, headers=node.attrs.headers)
         except Conflict as exc:
-            self._conflicted(node, staging, exc)
+            self._refused(node, staging, exc, f"conflict: {exc}", current_etag=exc.current_etag)
+            metrics.counters.conflicts += 1
+            raise
+        except NameTooLong as exc:
+            # the store will never take this key (no retry can succeed): keep the data
+            self._refused(node, staging, exc, f"the store refuses the key: {exc}")
             raise
         except FSError:
             staging.failed = True
@@ -329,6 +331,8 @@ class FileData:
                     self.drop_staging_if_idle(node)
                 except Conflict:                # logged once, with where the data went
                     failed.append(f"{key} (changed in S3 meanwhile: kept in lost+found)")
+                except NameTooLong:
+                    failed.append(f"{key} (the store refuses the key: kept in lost+found)")
                 except Exception as exc:        # noqa: BLE001 - one file's failure never ends the drain
                     log.error("could not upload %s: %s", key, exc, exc_info=not isinstance(exc, FSError))
                     failed.append(key)
@@ -356,7 +360,7 @@ class FileData:
             for node in pending:
                 try:
                     await self.upload(node)
-                except Conflict:
+                except (Conflict, NameTooLong):
                     continue                    # in lost+found now (logged); the store answers
                 except Exception as exc:        # noqa: BLE001
                     log.info("background retry of %s failed: %s", self.core.describe(node), exc,
@@ -374,19 +378,22 @@ class FileData:
         except KeyError:
             return None
 
-    def _conflicted(self, node: Node, staging: Staging, exc: Conflict) -> None:
-        """S3 holds a version this data was not based on: keep the data in lost+found
-        (never retried, never uploaded over the other version), and let the name show
-        S3's version again.  close()/fsync() get EIO from the raised Conflict."""
+    def _refused(self, node: Node, staging: Staging, exc: FSError, reason: str,
+                 current_etag: str | None = None) -> None:
+        """The data cannot go to its key for good: S3 holds a version this data was not
+        based on (Conflict: never retried, never uploaded over the other version), or the
+        store refuses the key (NameTooLong).  Keep the data in lost+found with a record
+        naming `reason`, and let the name show what S3 holds again.  close()/fsync() get
+        the raised error (EIO, ENAMETOOLONG)."""
         key = self.core.describe(node)
-        entry = {"key": key, "base_etag": staging.base_etag, "current_etag": exc.current_etag,
+        entry = {"key": key, "base_etag": staging.base_etag, "current_etag": current_etag,
                  "source_limit": staging.source_limit, "written_ranges": staging.written.ranges(),
                  "metadata": user_metadata(node.attrs)}
         staging.record.pool = None          # the file moves away: it must not be recycled
         try:
             store = self.core.journal.store()
             try:
-                where = journal.move_to_lost_and_found(store, staging.record, entry, f"conflict: {exc}")
+                where = journal.move_to_lost_and_found(store, staging.record, entry, reason)
             finally:
                 store.close()
         except (OSError, FSError, StateDirError) as error:
@@ -400,6 +407,6 @@ class FileData:
             self.core.inodes.detach(parent.ino, name)
             self.core.cache.invalidate_tree(self.core.inodes.dir_prefix(parent))
             self.core.forget_kernel_entry(parent.ino, name)
+            exc.detached = (parent.ino, name)        # for a caller that must wait for the kernel
         self.drop_staging(node)
-        metrics.counters.conflicts += 1
         log.error("not uploading %s: %s; the local data is kept in %s", key, exc, where)

@@ -33,7 +33,7 @@ from . import dirrename, namespace
 from .attributes import Attributes
 from .concurrency import run_all
 from .content_types import content_type_for
-from .core import MAX_KEY_BYTES, Config, Core, now_ns
+from .core import Config, Core, now_ns
 from .disk_cache import DiskCache
 from .files import FileData
 from .journal import Journal
@@ -99,6 +99,14 @@ class Filesystem:
     @invalidate_entry.setter
     def invalidate_entry(self, value) -> None:
         self.core.invalidate_entry = value
+
+    @property
+    def invalidate_entry_now(self):
+        return self.core.invalidate_entry_now
+
+    @invalidate_entry_now.setter
+    def invalidate_entry_now(self, value) -> None:
+        self.core.invalidate_entry_now = value
 
     @property
     def invalidate_attrs(self):
@@ -174,7 +182,10 @@ class Filesystem:
             raise NotFound(name)
         node = await self.core.resolve(parent, name)
         if node is None:
-            raise NotFound(name)
+            # a name too long to be created answers ENAMETOOLONG, as local filesystems do (so
+            # open(O_CREAT), mkdir, link ... of it fail before any data); objects another client
+            # stored under a longer name are still found above
+            raise self.core.name_too_long(parent, name) or NotFound(name)
         return self.core.count_lookup(node)
 
     def forget(self, ino: int, count: int) -> None:
@@ -424,6 +435,7 @@ class Filesystem:
         return self.core.count_lookup(node)
 
     async def link(self, ino: int, new_parent_ino: int, new_name: str) -> Node:
+        self.core.check_new_name(self.core.dir_node(new_parent_ino), new_name)
         raise NotPermitted("hard links cannot be stored in S3")
 
     async def unlink(self, parent_ino: int, name: str) -> None:
@@ -594,7 +606,7 @@ class Filesystem:
         new_prefix = new_key + "/"
         try:
             await self._dir_renames().rename(self.core.client, old_prefix, new_prefix, user_metadata(node.attrs),
-                                             self.core.cfg.parallel)
+                                             self.core.cfg.parallel, key_max=self.core.cfg.key_max)
         except RenamedElsewhere:
             # an earlier failed rename of this directory to another name was finished now
             parent = self.core.node(node.parent)
@@ -615,4 +627,11 @@ class Filesystem:
         blocks = 2**50 // block      # 1 PiB: S3 has no fixed size; tools want a large, stable figure
         return {"f_bsize": block, "f_frsize": block, "f_blocks": blocks, "f_bfree": blocks,
                 "f_bavail": blocks, "f_files": 2**32, "f_ffree": 2**32, "f_favail": 2**32,
-                "f_namemax": min(self.core.cfg.name_max, MAX_KEY_BYTES - len(self.core.cfg.prefix))}
+                "f_namemax": self.statfs_namemax()}
+
+    def statfs_namemax(self) -> int:
+        """statfs's f_namemax: the longest name the mount root takes, `name_max` or less when
+        `key_max` leaves less room below the prefix (with the '/' of a directory marker);
+        deeper directories take less (core.name_too_long)."""
+        room = self.core.cfg.key_max - len(self.core.cfg.prefix.encode("utf-8", "surrogateescape")) - 1
+        return max(1, min(self.core.cfg.name_max, room))

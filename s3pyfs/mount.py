@@ -130,7 +130,7 @@ def make_config(opts: MountOptions, staging_dir: str) -> Config:
                   negative_ttl=min(opts.negative_cache_expire, opts.stat_cache_expire), cache_entries=opts.max_stat_cache_size,
                   staging_dir=staging_dir, multipart_size=opts.multipart_size * 1024 * 1024,
                   parallel=opts.parallel_count, root_mode=0o777 & ~root_mask, drain_timeout=opts.drain_timeout,
-                  name_max=opts.name_max)
+                  name_max=opts.name_max, key_max=opts.key_max)
 
 
 def fuse_options(opts: MountOptions) -> set[str]:

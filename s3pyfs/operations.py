@@ -93,6 +93,7 @@ class Operations(pyfuse3.Operations):
         # INIT reply by then, and no file has been opened yet (mount.py: read-ahead)
         self.before_first_request: Callable[[], None] | None = None
         fs.invalidate_entry = self._invalidate_entry
+        fs.invalidate_entry_now = self._invalidate_entry_now
         fs.invalidate_attrs = self._invalidate_attrs
 
     def _subject(self, op: str, args: tuple) -> str:
@@ -124,6 +125,16 @@ class Operations(pyfuse3.Operations):
             log.debug("could not invalidate kernel entry %s", name, exc_info=True)
 
     @staticmethod
+    def _invalidate_entry_now(parent: int, name: str) -> None:
+        """Blocking (core.forget_kernel_entry_now runs it in a worker thread)."""
+        try:
+            pyfuse3.invalidate_entry(parent, os.fsencode(name))
+        except FileNotFoundError:
+            pass                              # the kernel holds no such entry: nothing to forget
+        except Exception:                     # not mounted (tests) or the session is ending
+            log.debug("could not invalidate kernel entry %s", name, exc_info=True)
+
+    @staticmethod
     def _invalidate_attrs(ino: int) -> None:
         # attributes only: no page locks are taken, so this cannot wait for a read in flight
         try:
@@ -143,7 +154,11 @@ class Operations(pyfuse3.Operations):
         entry.attr_timeout = self.timeout if self.fs.fresh(node) else 0
         # the root's mode already comes from mp_umask (or umask) in mount.make_config
         entry.st_mode = a.mode if node.ino == ROOT_INODE else reported_mode(a, defaults)
-        entry.st_nlink = 2 if node.is_dir else 1
+        # one name per node (no hard links); a directory's count of subdirectories is not
+        # known for sure (other clients, implicit directories), so it reports 1 as btrfs
+        # does, which find and fts read as "unknown"; a node without a name (unlinked or
+        # replaced while open) has none
+        entry.st_nlink = 1 if node.attached() else 0
         entry.st_uid, entry.st_gid = reported_owner(a, defaults)
         entry.st_rdev = a.rdev
         entry.st_size = a.size

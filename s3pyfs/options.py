@@ -105,6 +105,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ensure_diskfree", "ensure_diskfree", v.whole(0, 2**40), "MiB of free space the disk cache leaves on its filesystem"),
     # --- transfers and caches
     Option("name_max", "name_max", v.whole(1, 1024), "longest name in bytes of a new file, directory or link; longer ones are refused with ENAMETOOLONG before any data is written (default 255: SeaweedFS, MinIO and Linux's NAME_MAX; AWS S3 takes up to 1024 for a whole key). statfs reports it"),
+    Option("key_max", "key_max", v.whole(2, 4096), "longest whole S3 key in bytes (prefix included, with the '/' of a directory marker); a name whose key would be longer is refused with ENAMETOOLONG like a name longer than name_max (default 1024: AWS S3, MinIO, SeaweedFS)"),
     Option("multipart_size", "multipart_size", v.whole(5, 5120), "part size in MiB of multipart uploads; larger files use multipart (default 10)"),
     Option("max_memory", "max_memory", v.whole(16, 1024 * 1024), "MiB of data buffers (read-ahead, upload parts, fetches) all files together hold in memory (default 256)",
            details="Read-ahead shrinks when the budget is used up and writers wait for room; nothing fails for "
@@ -243,6 +244,7 @@ class MountOptions:
     ensure_diskfree: int | None = None  # MiB
     multipart_size: int = 10
     name_max: int = 255
+    key_max: int = 1024
     parallel_count: int = 8
     max_memory: int = 256               # MiB (budget.py)
     stat_cache_expire: float = 5.0
