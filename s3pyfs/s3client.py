@@ -668,12 +668,13 @@ class S3Client:
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None,
-                               headers: Mapping[str, str] | None = None) -> str:
+                               headers: Mapping[str, str] | None = None, *, checksum: bool = True) -> str:
         """A new multipart upload's id; it declares the checksum algorithm its parts carry
-        (S3 refuses part checksums an upload did not declare)."""
+        (S3 refuses part checksums an upload did not declare).  `checksum=False`: parts that
+        carry none (UploadPartCopy), so none is declared."""
         kwargs = object_args(headers, content_type)
         algorithm = self.checksum
-        declared = checksums.MULTIPART_ALGORITHM.get(algorithm)
+        declared = checksums.MULTIPART_ALGORITHM.get(algorithm) if checksum else None
         refused: list[str] = []
 
         async def op():             # on the asyncio thread
@@ -783,7 +784,7 @@ class S3Client:
             if info is None:
                 raise NotFound(f"COPY {source_key}: not found")
             metadata, headers = info.metadata, info.headers
-        upload_id = await self.create_multipart(key, metadata, content_type, headers)
+        upload_id = await self.create_multipart(key, metadata, content_type, headers, checksum=False)
         ranges = [(start, min(start + COPY_PART_SIZE, size)) for start in range(0, size, COPY_PART_SIZE)]
         etags: list[str] = [""] * len(ranges)
 
