@@ -574,7 +574,8 @@ class S3Client:
                     raise
                 refused.append(code)    # a store that does not know the header: MD5 instead
                 with _view(body) as view:
-                    return await call(checksums.fields("md5", view))
+                    md5 = checksums.fields("md5", view)
+                return await call(md5)
         r = await self._do(what, op, sent=_body_len(body))
         if refused:
             self._checksum_refused(what, algorithm, refused[0])
