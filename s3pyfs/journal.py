@@ -42,7 +42,11 @@ Invariants:
     (writeback.Staging does for writes, truncations and creations).  The
     journal keeps the records with unwritten states (`unsaved`): `settle()`
     of the journal waits for all of them, and `close()` writes what is left
-    (after the trio run, when no writer thread is in flight).
+    (after the trio run, when no writer thread is in flight).  A removal
+    (`clear`, the data is in S3) is put on disk `CLEAR_DELAY` later by the
+    record's own writer task, unless something settles it sooner: the
+    `discard` of the same file's close usually arrives meanwhile and does both
+    in one disk-thread call (a stale record in that gap is harmless, see above).
   * The record holds the locally written blocks as ranges (`written_ranges`,
     record version 2): a sequential writer's record stays a few lines long
     however many blocks it wrote.  Version 1 records (`written`, a list of
@@ -109,6 +113,7 @@ def _write_new(dir_fd: int, name: str, text: str) -> None:
         f.write(text)
 
 
+CLEAR_DELAY = 0.05        # seconds a record's removal waits for the file's discard (one disk call)
 _DISCARD = object()          # wanted state of a record: staging file and record deleted (or pooled)
 
 
@@ -190,6 +195,9 @@ class Record:
     # ---- the writer ----------------------------------------------------------
     async def _writer(self) -> None:
         self._scheduled = False
+        if self._want is None:
+            # nothing to protect: give the discard that usually follows a chance to do it too
+            await trio.sleep(CLEAR_DELAY)
         try:
             await self.settle()
         except Exception:            # noqa: BLE001 - a system task must not end the run

@@ -88,6 +88,7 @@ class Counters:
         self.last_s3_error: dict | None = None    # the last failure that concerns the endpoint
         self.last_s3_ok = 0.0
         self.conflicts = 0              # uploads refused because S3 held another version (files.py)
+        self.checksum_fallbacks = 0     # the store refused a CRC checksum header: MD5 since (s3client.py)
 
     # ---- FUSE (operations._guard)
     def fuse_done(self, op: str, started: float, error: int = 0) -> None:

@@ -114,7 +114,7 @@ def make_settings(opts: MountOptions) -> ClientSettings:
         static_keys=keys, retries=opts.retries, connect_timeout=opts.connect_timeout,
         read_timeout=opts.readwrite_timeout, request_timeout=opts.request_timeout,
         max_connections=max(32, opts.parallel_count * 4), max_memory=opts.max_memory * 1024 * 1024,
-        request_args=request_args(opts),
+        request_args=request_args(opts), checksum=opts.checksum,
         verify_tls=not opts.no_check_certificate, signature_version=signature, credential_providers=providers)
 
 

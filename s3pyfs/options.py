@@ -110,6 +110,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_memory", "max_memory", v.whole(16, 1024 * 1024), "MiB of data buffers (read-ahead, upload parts, fetches) all files together hold in memory (default 256)",
            details="Read-ahead shrinks when the budget is used up and writers wait for room; nothing fails for "
            "lack of it. The process itself needs about 100 MiB on top. multipart_size may be at most half of it."),
+    Option("checksum", "checksum", v.one_of("crc32c", "crc32", "md5", "none"),
+           "checksum sent with every upload so the store refuses damaged bodies: crc32c (default), crc32, md5 or none",
+           details="crc32c and crc32 go in x-amz-checksum-* headers (and CreateMultipartUpload declares them); "
+           "md5 is Content-MD5, which costs about 1.7 s of CPU per GiB more. A store that refuses the header "
+           "makes the mount fall back to md5 with one WARNING."),
     Option("parallel_count", "parallel_count", v.whole(1, 128), "parallel requests for multipart transfers and directory renames (default 8)"),
     Option("max_thread_count", "parallel_count", v.whole(1, 128), "alias of parallel_count"),
     Option("multireq_max", None, v.whole(1, 1000), _NO_EFFECT + "listing fan-out is bounded by parallel_count"),
@@ -246,6 +251,7 @@ class MountOptions:
     name_max: int = 255
     key_max: int = 1024
     parallel_count: int = 8
+    checksum: str = "crc32c"            # of upload bodies (checksums.py)
     max_memory: int = 256               # MiB (budget.py)
     stat_cache_expire: float = 5.0
     negative_cache_expire: float = 1.0

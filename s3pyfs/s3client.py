@@ -28,8 +28,15 @@ Invariants:
     a GET given the caller's ETag is pinned to it (If-Match, and the answer's
     ETag compared), and an object replaced meanwhile is a RemoteIOError
     saying so.
-  * Uploads are verified: PutObject and UploadPart send Content-MD5 (the
-    server refuses a body damaged on the way, BadDigest, sent again).
+  * Uploads are verified: PutObject and UploadPart carry a checksum of the body
+    (`checksum=`, checksums.py: x-amz-checksum-crc32c by default, or -crc32, or
+    Content-MD5), so the server refuses a body damaged on the way (BadDigest,
+    sent again).  A multipart upload declares the algorithm at
+    CreateMultipartUpload and lists each part's checksum at completion
+    (`_part_sums`, forgotten at completion or abort).  A store refusing the
+    checksum header falls back to Content-MD5 for the rest of the mount (one
+    WARNING, `checksum_fallbacks` counter); botocore adds no checksum of its
+    own (`request_checksum_calculation="when_required"`).
   * Plain-looking ETags are taken for MD5s until the store proves otherwise
     (an upload it accepted with Content-MD5 answered with another ETag, or
     the same bytes twice for one ETag): then, logged once, no longer compared.
@@ -74,7 +81,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError
                                  PartialCredentialsError, ResponseStreamingError)
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
-from . import metrics
+from . import checksums, metrics
 from .budget import MemoryBudget
 from .concurrency import run_all
 from .credentials import StaticKeys
@@ -193,6 +200,7 @@ class ClientSettings:
     verify_tls: bool = True
     signature_version: str | None = None        # None: SigV4; "s3": SigV2; "unsigned": anonymous
     credential_providers: tuple[str, ...] | None = None   # keep only these of botocore's chain
+    checksum: str = "crc32c"                    # of upload bodies: crc32c | crc32 | md5 | none
 
 
 class BadAnswer(Exception):
@@ -226,6 +234,14 @@ def _worth_another_try(exc: BaseException) -> bool:
     if isinstance(exc, BadAnswer):
         return exc.retry
     return isinstance(exc, ClientError) and _error_code(exc) == "BadDigest"
+
+
+# what a store that does not know a checksum header (or ChecksumAlgorithm) answers
+_CHECKSUM_REFUSED = {"InvalidArgument", "InvalidRequest", "NotImplemented", "501", "UnsupportedChecksum"}
+
+
+def _refuses_checksum(exc: ClientError) -> bool:
+    return _error_code(exc) in _CHECKSUM_REFUSED
 
 
 def _backoff(attempt: int) -> float:
@@ -380,6 +396,8 @@ class S3Client:
         self.settings = settings
         self.bucket = settings.bucket
         self.etags_are_md5 = True      # until the store shows otherwise (`_etag_not_md5`)
+        self.checksum = settings.checksum   # of upload bodies; "md5" once the store refused the header
+        self._part_sums: dict[tuple[str, int], dict[str, str]] = {}   # (upload id, part) -> CRC field
         # does the store enforce If-Match / If-None-Match on PutObject ("put") and on
         # CompleteMultipartUpload ("complete")?  None: unknown (not probed, read-only, denied)
         self.enforced: dict[str, bool | None] = {"put": None, "complete": None}
@@ -517,17 +535,56 @@ class S3Client:
     async def get_all(self, key: str, etag: str | None = None) -> bytes:
         return (await self._get(key, etag))[1]
 
-    async def _verified_upload(self, what: str, body: Body, call: Callable[[str], Coroutine[Any, Any, Any]]) -> dict:
-        """`call(content_md5)` sending `body`; its returned ETag, if a plain MD5, must match.
+    async def _sums(self, body: Body) -> tuple[str, dict[str, str]]:
+        """The mount's checksum algorithm now and the request fields for `body`."""
+        algorithm = self.checksum
+
+        def compute() -> dict[str, str]:
+            with _view(body) as view:
+                return checksums.fields(algorithm, view)
+        if algorithm == "none" or _body_len(body) < checksums.IN_THREAD_FROM[algorithm]:
+            return algorithm, compute()
+        return algorithm, await trio.to_thread.run_sync(compute)
+
+    def _checksum_refused(self, what: str, algorithm: str, code: str) -> None:
+        """The store refused the checksum header `algorithm`: Content-MD5 from now on."""
+        if self.checksum == algorithm and algorithm != "md5":
+            log.warning("%s: the store refused the %s checksum header (%s); uploads send "
+                        "Content-MD5 from now on (option checksum=md5 avoids this)", what, algorithm, code)
+            self.checksum = "md5"
+            metrics.counters.checksum_fallbacks += 1
+
+    async def _verified_upload(self, what: str, body: Body,
+                               call: Callable[[dict[str, str]], Coroutine[Any, Any, Any]]) -> dict:
+        """`call(sums)` sending `body` with its checksum fields (botocore's names); with
+        Content-MD5, a returned ETag that is a plain MD5 must match it.
 
         Bodies of staging data come as a BytesIO owning its buffer: botocore would wrap
         bytes in a BytesIO whose buffer aiohttp then copies, doubling the memory of
         every part in flight."""
-        digest = await _md5(body)
-        r = await self._do(what, lambda: call(base64.b64encode(digest).decode()), sent=_body_len(body))
-        if self.etags_are_md5 and _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest.hex():
-            # the store accepted our Content-MD5, so the bytes arrived whole: its ETags are no MD5s
-            self._etag_not_md5(what, _etag(r["ETag"]), digest.hex())
+        algorithm, sums = await self._sums(body)
+        refused: list[str] = []
+
+        async def op():             # on the asyncio thread
+            try:
+                return await call(sums)
+            except ClientError as exc:
+                code = _error_code(exc)
+                if algorithm in ("md5", "none") or not _refuses_checksum(exc):
+                    raise
+                refused.append(code)    # a store that does not know the header: MD5 instead
+                with _view(body) as view:
+                    md5 = checksums.fields("md5", view)
+                return await call(md5)
+        r = await self._do(what, op, sent=_body_len(body))
+        if refused:
+            self._checksum_refused(what, algorithm, refused[0])
+            return r
+        if "ContentMD5" in sums:
+            digest = checksums.md5_hex(sums["ContentMD5"])
+            if self.etags_are_md5 and _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest:
+                # the store accepted our Content-MD5, so the bytes arrived whole: its ETags are no MD5s
+                self._etag_not_md5(what, _etag(r["ETag"]), digest)
         return r
 
     @property
@@ -594,14 +651,14 @@ class S3Client:
         kwargs = object_args(headers, content_type)
         kwargs.update(self._conditions("put", if_match, if_none_match))
 
-        async def call(md5: str):
+        async def call(sums: dict[str, str]):
             if _body_len(body) <= FAST_PUT_MAX:          # small files: s3fast.py
                 small = body.getvalue() if isinstance(body, io.BytesIO) else bytes(body)
-                r = await self._fast.put(key, small, md5, metadata, kwargs)
+                r = await self._fast.put(key, small, sums, metadata, kwargs)
                 if r is not FALLBACK:
                     return r
             return await self._c.put_object(Bucket=self.bucket, Key=key, Body=_rewound(body),
-                                            Metadata=metadata, ContentMD5=md5, **kwargs)
+                                            Metadata=metadata, **sums, **kwargs)
         what = f"PUT {key}"
         await self._check_version(what, key, "put", if_match, if_none_match)
         def own_etag() -> str | None:
@@ -612,15 +669,46 @@ class S3Client:
         return _etag(r.get("ETag"))
 
     async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None,
-                               headers: Mapping[str, str] | None = None) -> str:
+                               headers: Mapping[str, str] | None = None, *, checksum: bool = True) -> str:
+        """A new multipart upload's id; it declares the checksum algorithm its parts carry
+        (S3 refuses part checksums an upload did not declare).  `checksum=False`: parts that
+        carry none (UploadPartCopy), so none is declared."""
         kwargs = object_args(headers, content_type)
-        r = await self._do(f"CreateMultipartUpload {key}", lambda: self._c.create_multipart_upload(
-            Bucket=self.bucket, Key=key, Metadata=metadata, **kwargs))
+        algorithm = self.checksum
+        declared = checksums.MULTIPART_ALGORITHM.get(algorithm) if checksum else None
+        refused: list[str] = []
+
+        async def op():             # on the asyncio thread
+            if declared is not None:
+                try:
+                    return await self._c.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata,
+                                                                 ChecksumAlgorithm=declared, **kwargs)
+                except ClientError as exc:
+                    if not _refuses_checksum(exc):
+                        raise
+                    refused.append(_error_code(exc))
+            return await self._c.create_multipart_upload(Bucket=self.bucket, Key=key, Metadata=metadata, **kwargs)
+        what = f"CreateMultipartUpload {key}"
+        r = await self._do(what, op)
+        if refused:
+            self._checksum_refused(what, algorithm, refused[0])
         return r["UploadId"]
 
     async def upload_part(self, key: str, upload_id: str, number: int, data: Body) -> str:
-        r = await self._verified_upload(f"UploadPart {key} #{number}", data, lambda md5: self._c.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=_rewound(data), ContentMD5=md5))
+        sent: dict[str, str] = {}
+
+        def call(sums: dict[str, str]):
+            sent.clear()
+            sent.update(sums)
+            return self._c.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                       Body=_rewound(data), **sums)
+        r = await self._verified_upload(f"UploadPart {key} #{number}", data, call)
+        # CompleteMultipartUpload lists the CRC of every part of an upload that declared one
+        crc = {name: value for name, value in sent.items() if name != "ContentMD5"}
+        if crc:
+            self._part_sums[(upload_id, number)] = crc
+        else:
+            self._part_sums.pop((upload_id, number), None)
         return r["ETag"]
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source_key: str,
@@ -633,7 +721,8 @@ class S3Client:
     async def complete_multipart(self, key: str, upload_id: str, etags: list[str], *,
                                  if_match: str | None = None, if_none_match: bool = False) -> str | None:
         """Complete; conditional like `put` (on failure the caller aborts the upload)."""
-        parts = [{"PartNumber": i, "ETag": etag} for i, etag in enumerate(etags, 1)]
+        parts = [{"PartNumber": i, "ETag": etag, **self._part_sums.get((upload_id, i), {})}
+                 for i, etag in enumerate(etags, 1)]
         conditions = self._conditions("complete", if_match, if_none_match)
         what = f"CompleteMultipartUpload {key}"
         await self._check_version(what, key, "complete", if_match, if_none_match)
@@ -649,9 +738,15 @@ class S3Client:
             what, lambda: self._c.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, **conditions)),
             own_etag)
+        self._forget_parts(upload_id)
         return _etag(r.get("ETag"))
 
+    def _forget_parts(self, upload_id: str) -> None:
+        for name in [name for name in self._part_sums if name[0] == upload_id]:
+            del self._part_sums[name]
+
     async def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._forget_parts(upload_id)
         try:
             await self._do(f"AbortMultipartUpload {key}", lambda: self._c.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id))
@@ -690,7 +785,7 @@ class S3Client:
             if info is None:
                 raise NotFound(f"COPY {source_key}: not found")
             metadata, headers = info.metadata, info.headers
-        upload_id = await self.create_multipart(key, metadata, content_type, headers)
+        upload_id = await self.create_multipart(key, metadata, content_type, headers, checksum=False)
         ranges = [(start, min(start + COPY_PART_SIZE, size)) for start in range(0, size, COPY_PART_SIZE)]
         etags: list[str] = [""] * len(ranges)
 

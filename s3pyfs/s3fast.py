@@ -19,8 +19,9 @@ Invariants:
     botocore's own HEAD records them, and the fast path is used only when that
     URL is the endpoint part followed by the key quoted as botocore quotes it.
   * Not used when the requests carry extra arguments (SSE, storage class, ACL,
-    RequestPayer): botocore builds those headers.  A PUT sends Content-MD5 like
-    botocore's (s3client checks the answer's ETag the same way), and of an
+    RequestPayer): botocore builds those headers.  A PUT sends the body's
+    checksum field it is given (x-amz-checksum-crc32c/-crc32 or Content-MD5,
+    checksums.py) like botocore's, and of an
     object's own headers only the plain HTTP ones (Content-Type, -Encoding,
     -Disposition, -Language, Cache-Control, Expires); one with a storage class
     or encryption of its own goes through botocore.
@@ -58,6 +59,9 @@ _PUT_HEADERS = {"ContentType": "Content-Type", "ContentEncoding": "Content-Encod
                 "CacheControl": "Cache-Control", "ContentDisposition": "Content-Disposition",
                 "ContentLanguage": "Content-Language", "Expires": "Expires",
                 "IfMatch": "If-Match", "IfNoneMatch": "If-None-Match"}     # conditional commits
+# checksum fields of a body (checksums.FIELDS) -> HTTP headers
+_SUM_HEADERS = {"ContentMD5": "Content-MD5", "ChecksumCRC32C": "x-amz-checksum-crc32c",
+                "ChecksumCRC32": "x-amz-checksum-crc32"}
 
 
 def _key_path(key: str) -> str:
@@ -149,15 +153,17 @@ class FastPath:
             return None
         return FALLBACK
 
-    async def put(self, key: str, body: bytes, content_md5: str, metadata: Mapping[str, str],
+    async def put(self, key: str, body: bytes, sums: Mapping[str, str], metadata: Mapping[str, str],
                   args: Mapping[str, str] | None = None) -> Any:
         """botocore-shaped PutObject response ({"ETag": ...}) or FALLBACK.  Small bodies
         only (a file below the multipart size); metadata must be ASCII, as botocore's is.
+        `sums`: the body's checksum field (botocore's name -> value, checksums.fields);
         `args`: PutObject arguments of the object itself (botocore's names, strings)."""
         args = args or {}
-        if self._base is None or not self.put_enabled or any(name not in _PUT_HEADERS for name in args):
+        if (self._base is None or not self.put_enabled or any(name not in _PUT_HEADERS for name in args)
+                or any(name not in _SUM_HEADERS for name in sums)):
             return FALLBACK
-        headers = {"Content-MD5": content_md5}
+        headers = {_SUM_HEADERS[name]: value for name, value in sums.items()}
         for name, value in args.items():
             headers[_PUT_HEADERS[name]] = value
         for name, value in metadata.items():

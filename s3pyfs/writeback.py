@@ -35,6 +35,15 @@ Invariants:
     while holding nothing else.
   * An upload sends the object's own system headers it is given (`headers`,
     s3client.KEPT_HEADERS) with the PUT or CreateMultipartUpload.
+  * Small wholly local files keep a copy of their bytes in memory (`_mirror`,
+    at most `MIRROR_MAX` bytes): started for a file that is empty and has no
+    base bytes to fetch (a new file, or one truncated to 0), updated in the
+    same await-free bookkeeping step as every pwrite/ftruncate of the staging
+    file, and dropped for good once the file grows past `MIRROR_MAX`.  So the
+    mirror always equals the staging file's bytes; reads and the PUT at close
+    take them from memory instead of a disk-thread read each (small files:
+    one thread hop less per file and per read).  The bytes are still written
+    to the staging file before a write is answered (the journal's promise).
   * The staging file is a named `journal.Record`; `on_change` (set by the
     owner, synchronous) asks for its journal record to be re-written whenever
     recovery would need different facts: the file became dirty, a block below
@@ -62,6 +71,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import io
 import logging
 import math
 import os
@@ -79,6 +89,7 @@ from .streaming import Stream, read_part_off_thread
 log = logging.getLogger(__name__)
 
 BLOCK = 1024 * 1024
+MIRROR_MAX = 64 * 1024           # small files keep their bytes in memory too (module doc)
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 
@@ -181,6 +192,8 @@ class Staging:
         self.uploads: set[str] = set()        # multipart upload ids not yet completed or aborted
         self.on_change: Callable[[], None] | None = None
         self.failed = False                   # the last upload failed (background retry)
+        # the file's bytes, while it is small and wholly local (module doc)
+        self._mirror: bytearray | None = bytearray() if size == 0 and source_limit == 0 else None
         if resize:
             os.ftruncate(self.fd, size)
 
@@ -333,6 +346,7 @@ class Staging:
         async with self._io:
             await diskio.run(self._pwrite, data, offset)
             # no awaits from here on: the bookkeeping of the bytes now in the file
+            self._mirror_write(offset, data, end)
             self._cover(offset, end)
             self.size = max(self.size, end)
             self.present.update(range(first, last + 1))
@@ -356,6 +370,8 @@ class Staging:
         end = min(offset + size, self.size)
         if end <= offset:
             return b""
+        if self._mirror is not None:
+            return bytes(self._mirror[offset:end])
         await self.ensure(offset, end, fetch)
         try:
             return await diskio.run(os.pread, self.fd, end - offset, offset)
@@ -374,6 +390,7 @@ class Staging:
                 raise NoSpace(f"staging file truncate failed: {exc.strerror}", errno=exc.errno) from None
             # no awaits from here on
             self.source_limit = min(self.source_limit, new_size)
+            self._mirror_truncate(new_size)
             self._base_truncated(new_size)
             self.present = {b for b in self.present if b * BLOCK < new_size}
             self.written.keep_below(-(-self.source_limit // BLOCK))
@@ -383,6 +400,28 @@ class Staging:
             self.generation += 1
             self._journal()
             await self.journal_settled()
+
+    def _mirror_write(self, offset: int, data: bytes, end: int) -> None:
+        mirror = self._mirror
+        if mirror is None:
+            return
+        if end > MIRROR_MAX:
+            self._mirror = None             # no longer small: the staging file alone from now on
+            return
+        if len(mirror) < offset:
+            mirror.extend(bytes(offset - len(mirror)))
+        mirror[offset:end] = data
+
+    def _mirror_truncate(self, new_size: int) -> None:
+        if new_size == 0 and self.source_limit == 0:
+            self._mirror = bytearray()      # empty and nothing to fetch: small again
+        elif self._mirror is not None:
+            if new_size > MIRROR_MAX:
+                self._mirror = None
+            elif new_size < len(self._mirror):
+                del self._mirror[new_size:]
+            else:
+                self._mirror.extend(bytes(new_size - len(self._mirror)))
 
     def _cover(self, start: int, end: int) -> None:
         """Bytes [start, end) were written locally: once every byte of the base is,
@@ -442,7 +481,11 @@ class Staging:
             if etag is None:
                 if size <= multipart_threshold:
                     async with client.memory.held(size):
-                        body = await read_part_off_thread(self.fd, 0, size)
+                        mirror = self._mirror
+                        if mirror is not None and len(mirror) == size:
+                            body = io.BytesIO(mirror)        # a copy: later writes do not change it
+                        else:
+                            body = await read_part_off_thread(self.fd, 0, size)
                         etag = await client.put(key, body, metadata, content_type, headers, **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
