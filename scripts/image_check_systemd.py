@@ -61,6 +61,22 @@ for path in glob.glob("/var/lib/s3pyfs-csi/run/*.json"):
 """
 
 
+def v1_systemd_cgroups() -> set[str] | None:
+    """The unit-named (.slice/.scope/.service/.mount) directories at the top of the host's
+    name=systemd cgroup hierarchy, when it exists and no systemd runs the host (so none of
+    them are the host's units); None otherwise.  Other containers' (libpod_parent/...) are
+    not looked at."""
+    root = "/sys/fs/cgroup/systemd"
+    if not os.path.isdir(root) or os.path.isdir("/run/systemd/system"):
+        return None
+    unit = (".slice", ".scope", ".service", ".mount")
+    found = set()
+    for top in os.listdir(root):
+        if top.endswith(unit) and os.path.isdir(os.path.join(root, top)):
+            found.update(d for d, _, _ in os.walk(os.path.join(root, top)))
+    return found
+
+
 def scope_name(target: str) -> str:
     """The unit node.py gives the mount of `target`."""
     return f"s3pyfs-csi-{hashlib.sha256(target.encode()).hexdigest()[:16]}.scope"
@@ -81,6 +97,7 @@ class SystemdNode:
         self.channel = None
 
     def start(self) -> None:
+        self.cgroups_before = v1_systemd_cgroups()
         self.podman.run("run", "-d", "--name", self.name, "--systemd=always", "--privileged",
                         "--cgroupns=private", "--network", "host", "--device", "/dev/fuse",
                         "--no-healthcheck", *self.podman.ulimits, "-v", f"{self.sock_dir}:/csi",
@@ -147,6 +164,14 @@ class SystemdNode:
         if self.channel is not None:
             self.channel.close()
         self.podman.run("rm", "-f", "-t", "0", self.name, check=False, timeout=120)
+        # On a hybrid-cgroup host whose PID 1 is not systemd, the container's systemd makes its
+        # cgroups at the root of the host's name=systemd hierarchy and leaves them there (empty).
+        if getattr(self, "cgroups_before", None) is not None:
+            for path in sorted(v1_systemd_cgroups() - self.cgroups_before, key=len, reverse=True):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass        # not empty (someone else's): left alone
 
 
 def check_systemd_mounter(podman, image: str, server, summary: dict, say, error: type[Exception]) -> None:
