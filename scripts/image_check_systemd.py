@@ -47,7 +47,7 @@ from s3pyfs.csi import csi_pb2_grpc as pbg  # noqa: E402
 
 RPC_TIMEOUT = 120            # generous bound for one RPC (a publish waits for a mount)
 DRIVER_LOG = "/var/log/s3pyfs-csi.log"
-DRIVER_PID = "/run/s3pyfs-csi.pid"
+DRIVER_UNIT = "csi-node-plugin.service"     # not s3pyfs-csi-*: those are the mounts
 TARGET = "/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pv-check/mount"
 
 
@@ -123,10 +123,13 @@ class SystemdNode:
                                check=check, input=input, timeout=180)
 
     def start_driver(self):
-        """`s3pyfs csi --mounter systemd-run` in the container; gRPC stubs on its socket."""
-        command = (f"echo $$ > {DRIVER_PID}; exec s3pyfs csi --endpoint unix:///csi/csi.sock "
-                   f"--node-id n1 --mounter systemd-run --unpublish-timeout 120 >> {DRIVER_LOG} 2>&1")
-        self.podman.run("exec", "-d", self.name, "sh", "-c", command)
+        """`s3pyfs csi --mounter systemd-run` in the container, as the service DRIVER_UNIT (its
+        own cgroup: what the node plugin's container is on a node); gRPC stubs on its socket."""
+        self.exec("systemctl", "reset-failed", DRIVER_UNIT, check=False)
+        command = ("exec s3pyfs csi --endpoint unix:///csi/csi.sock --node-id n1 --mounter systemd-run "
+                   f"--unpublish-timeout 120 >> {DRIVER_LOG} 2>&1")
+        self.exec("systemd-run", "--quiet", "--collect", f"--unit={DRIVER_UNIT}", "-p", "KillMode=control-group",
+                  "sh", "-c", command)
         self.channel = grpc.insecure_channel(f"unix://{self.sock_dir}/csi.sock")
         identity = pbg.IdentityStub(self.channel)
         deadline = time.monotonic() + 60
@@ -141,12 +144,13 @@ class SystemdNode:
         return pbg.ControllerStub(self.channel), pbg.NodeStub(self.channel)
 
     def kill_driver(self) -> None:
+        """SIGKILL to every process in the driver's cgroup, as a container runtime tearing
+        down the node plugin's container does (more than `kill -9` of the driver alone)."""
         self.channel.close()
-        self.exec("sh", "-c", f"kill -9 $(cat {DRIVER_PID})")
-        pid = self.exec("cat", DRIVER_PID).stdout.decode().strip()
-        if not support.wait_until(lambda: self.exec("test", "-e", f"/proc/{pid}", check=False).returncode != 0,
-                                  timeout=30, interval=0.2):
-            raise self.failed(f"the driver (pid {pid} in the container) outlived kill -9")
+        self.exec("systemctl", "kill", "--signal=SIGKILL", DRIVER_UNIT)
+        if not support.wait_until(lambda: self.exec("systemctl", "is-active", "--quiet", DRIVER_UNIT,
+                                                     check=False).returncode != 0, timeout=30, interval=0.2):
+            raise self.failed(f"{DRIVER_UNIT} outlived SIGKILL to its cgroup")
         try:
             os.unlink(os.path.join(self.sock_dir, "csi.sock"))     # a killed driver leaves it
         except FileNotFoundError:
