@@ -9,14 +9,17 @@ SeaweedFS):
 1. `podman run --systemd=always --privileged --cgroupns=private --network host --device
    /dev/fuse` with /lib/systemd/systemd as PID 1 (a stand-in for the node's systemd), the
    host's socket directory bind-mounted at /csi; waits for `systemctl is-system-running`.
-2. `podman exec`: `s3pyfs csi --endpoint unix:///csi/csi.sock --node-id n1 --mounter
-   systemd-run`; this script talks gRPC to it from the host, as kubelet and the
-   external-provisioner would.
+2. `s3pyfs csi --endpoint unix:///csi/csi.sock --node-id n1 --mounter systemd-run` started
+   in the container as the service csi-node-plugin.service (a cgroup of its own, as the node
+   plugin's container has on a node); this script talks gRPC to it from the host, as kubelet
+   and the external-provisioner would.
 3. CreateVolume (a prefix of a shared bucket) -> NodePublishVolume at a kubelet-style target
    inside the container -> a file written through the mount (podman exec) is in S3 -> the
    s3pyfs process is in the scope s3pyfs-csi-<hash>.scope, not in the driver's cgroup.
-4. `kill -9` of the driver -> the mount still serves reads and writes, `systemctl status`
-   shows the scope active.
+4. SIGKILL to every process of the driver's cgroup (`systemctl kill --signal=SIGKILL`, what a
+   runtime does to a container it tears down) -> the mount still serves reads and writes,
+   `systemctl status` shows the scope active.  (With `--mounter daemon` the write fails here:
+   "Transport endpoint is not connected".)
 5. A new driver -> NodeUnpublishVolume: the file written after the kill is in S3, the mount
    is gone, the scope is gone (--collect) -> DeleteVolume empties the prefix.
 
@@ -218,16 +221,19 @@ def check_systemd_mounter(podman, image: str, server, summary: dict, say, error:
 
         node.kill_driver()
         after = b"written after the driver was killed\n"
-        node.exec("sh", "-c", f"cat > {TARGET}/after-kill.txt", input=after)
+        wrote = node.exec("sh", "-c", f"cat > {TARGET}/after-kill.txt", input=after, check=False)
+        if wrote.returncode != 0:
+            raise node.failed("after SIGKILL to the driver's cgroup, writing through the mount failed: "
+                              + wrote.stderr.decode(errors="replace"))
         seen = node.exec("cat", f"{TARGET}/before-kill.bin").stdout
         if seen != payload:
-            raise node.failed("after kill -9 of the driver the mount reads other bytes")
+            raise node.failed("after SIGKILL to the driver's cgroup the mount reads other bytes")
         status = node.exec("systemctl", "status", "--no-pager", scope, check=False)
         text = status.stdout.decode(errors="replace")
         if status.returncode != 0 or "active (running)" not in text:
-            raise node.failed(f"after kill -9 of the driver `systemctl status {scope}` exited "
+            raise node.failed(f"after SIGKILL to the driver's cgroup `systemctl status {scope}` exited "
                               f"{status.returncode}:\n{text}")
-        say("ok", f"kill -9 of the driver: the mount still reads and writes, {scope} is active")
+        say("ok", f"SIGKILL to the driver's cgroup: the mount still reads and writes, {scope} is active")
 
         controller, nodes = node.start_driver()
         nodes.NodeUnpublishVolume(pb.NodeUnpublishVolumeRequest(
@@ -258,7 +264,7 @@ def check_systemd_mounter(podman, image: str, server, summary: dict, say, error:
         for marker in support.CRASH_MARKERS:
             if marker in log:
                 raise node.failed(f"the driver's log has {marker!r}")
-        summary["csi_systemd"] = "scope survived kill -9; unpublished by a restarted driver"
+        summary["csi_systemd"] = "scope survived SIGKILL to the driver's cgroup; unpublished by a restarted driver"
         say("ok", "DeleteVolume emptied the prefix; the driver's log has no secret or traceback")
     except grpc.RpcError as exc:
         raise node.failed(f"gRPC {exc.code().name}: {exc.details()}") from None
