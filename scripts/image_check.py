@@ -15,7 +15,7 @@
 7. The CSI driver from the same image: `s3pyfs csi --help`, and when the driver is there, it
    is started on a unix socket and answers GetPluginInfo (client run inside the container).
 8. The driver's `--mounter systemd-run` path under systemd as the container's PID 1: publish,
-   write, `kill -9` of the driver, the mount and its scope live on, unpublish by a new driver
+   write, SIGKILL to the driver's cgroup, the mount and its scope live on, unpublish by a new driver
    (scripts/image_check_systemd.py).
 
 Prints one line per step ("ok ..." / "FAIL ...") and a JSON summary; exit status 1 on failure.
