@@ -12,7 +12,8 @@
 #             configuration as a build secret, and the local paths it names, read-only
 #   check     scripts/image_check.py: SeaweedFS on 127.0.0.1, the image's entrypoint mounts a
 #             bucket, a file written through the mount is read back from S3, SIGTERM unmounts;
-#             then the CSI driver from the same image
+#             then the CSI driver from the same image, and its --mounter systemd-run path under
+#             systemd as a container's PID 1 (scripts/image_check_systemd.py)
 #
 # Environment: S3PYFS_IMAGE (tag, default localhost/s3pyfs:<version>), S3PYFS_IMAGE_STEPS
 # (default "packages base build check"), S3PYFS_REBUILD_BASE=1 (make the base again),

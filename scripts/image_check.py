@@ -14,6 +14,9 @@
 6. The image holds no compiler; its size.
 7. The CSI driver from the same image: `s3pyfs csi --help`, and when the driver is there, it
    is started on a unix socket and answers GetPluginInfo (client run inside the container).
+8. The driver's `--mounter systemd-run` path under systemd as the container's PID 1: publish,
+   write, SIGKILL to the driver's cgroup, the mount and its scope live on, unpublish by a new driver
+   (scripts/image_check_systemd.py).
 
 Prints one line per step ("ok ..." / "FAIL ...") and a JSON summary; exit status 1 on failure.
 Used by scripts/image.sh and tests/test_image.py.
@@ -34,8 +37,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import support  # noqa: E402  (SeaweedServer, wait_until)
+from image_check_systemd import check_systemd_mounter  # noqa: E402
 
 DRIVER = "csi.s3pyfs.io"
 COMPILERS = ("gcc", "cc", "c++", "g++", "clang", "make", "ld")
@@ -210,6 +215,12 @@ def check_csi(podman: Podman, image: str, summary: dict) -> None:
         podman.run("rm", "-f", "-t", "0", name, check=False, timeout=120)
 
 
+def csi_systemd(podman: Podman, image: str, server, summary: dict) -> None:
+    if not summary.get("csi", "").startswith("GetPluginInfo"):
+        return                      # no driver in this tree (check_csi said so)
+    check_systemd_mounter(podman, image, server, summary, say, CheckFailed)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True)
@@ -228,7 +239,8 @@ def main() -> int:
             timings["seaweedfs_start_s"] = round(time.monotonic() - started, 1)
             for step, fn in (("mount", lambda: check_mount(podman, args.image, server, summary)),
                              ("image", lambda: check_image(podman, args.image, summary)),
-                             ("csi", lambda: check_csi(podman, args.image, summary))):
+                             ("csi", lambda: check_csi(podman, args.image, summary)),
+                             ("csi_systemd", lambda: csi_systemd(podman, args.image, server, summary))):
                 started = time.monotonic()
                 fn()
                 timings[f"{step}_s"] = round(time.monotonic() - started, 1)

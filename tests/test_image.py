@@ -4,7 +4,9 @@ Runs `scripts/image.sh` (what `make image` runs): podman and mmdebstrap from apt
 the debian:bookworm-slim base made locally, `podman build --pull=never`, then
 scripts/image_check.py: the image's entrypoint mounts a bucket of a local SeaweedFS, a file
 written through the containerised mount is read back from S3, SIGTERM stops it with exit code 0,
-the image holds no compiler, and the CSI driver starts from the same image.
+the image holds no compiler, the CSI driver starts from the same image, and, under systemd as a
+container's PID 1, its `--mounter systemd-run` mounts survive SIGKILL to the driver's whole
+cgroup in their scopes and are unpublished by a restarted driver (scripts/image_check_systemd.py).
 
 Slow (minutes on a first run; the base image and build layers are reused afterwards).  Skipped,
 with the reason, only when podman cannot run containers on this machine at all; any other
@@ -76,6 +78,14 @@ def test_image_is_built_and_mounts_a_bucket_and_runs_the_csi_driver():
     assert "s3pyfs-entrypoint" in summary["processes"][0]
     if (ROOT / "s3pyfs" / "csi" / "__init__.py").exists():
         assert summary["csi"].startswith("GetPluginInfo: csi.s3pyfs.io "), summary
+        # --mounter systemd-run under systemd as the container's PID 1: the mount lives in its
+        # scope through SIGKILL to the driver's cgroup and is unpublished by the next driver.
+        for line in ("the mount's s3pyfs process runs in s3pyfs-csi-",
+                     "SIGKILL to the driver's cgroup: the mount still reads and writes",
+                     "NodeUnpublishVolume uploaded the data written after the kill",
+                     "DeleteVolume emptied the prefix"):
+            assert any(line in out for out in run.stdout.splitlines()), f"missing {line!r}:\n{output[-6000:]}"
+        assert "csi_systemd_s" in summary["timings"], summary
     else:
         assert "not in this source tree" in summary["csi"], summary
     # Every step was timed.
