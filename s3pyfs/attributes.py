@@ -19,17 +19,13 @@ import os
 import stat
 
 from .core import now_ns
-from .errors import Exists, FSError, InvalidArgument, IsADirectory, NoAttribute, NoSpace, NotSupported
+from .errors import FSError, InvalidArgument, IsADirectory, NoAttribute, NoSpace, NotSupported
 from .core import Core
 from .files import FileData
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, S3_USER_METADATA_LIMIT, metadata_size, user_metadata
 
 log = logging.getLogger(__name__)
-
-XATTR_CREATE = 1
-XATTR_REPLACE = 2
-
 
 class Attributes:
     """Attribute changes of files and directories, stored in S3 as their object's owner.
@@ -161,16 +157,13 @@ class Attributes:
         node = await self.core.getattr(ino)
         return sorted(node.attrs.xattrs)
 
-    async def setxattr(self, ino: int, name: str, value: bytes, flags: int = 0) -> None:
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        # XATTR_CREATE / XATTR_REPLACE are checked by pyfuse3 (with getxattr) before this runs
         self.core.require_writable()
         if not name.startswith("user."):
             raise NotSupported(f"only user.* attributes can be stored, not {name}")
         node = await self.core.getattr(ino)
         xattrs = node.attrs.xattrs
-        if flags & XATTR_CREATE and name in xattrs:
-            raise Exists(name)
-        if flags & XATTR_REPLACE and name not in xattrs:
-            raise NoAttribute(name)
         old = xattrs.get(name)
         xattrs[name] = bytes(value)
         try:

@@ -165,8 +165,8 @@ class Filesystem:
     async def listxattr(self, ino: int) -> list[str]:
         return await self.attrs.listxattr(ino)
 
-    async def setxattr(self, ino: int, name: str, value: bytes, flags: int = 0) -> None:
-        await self.attrs.setxattr(ino, name, value, flags)
+    async def setxattr(self, ino: int, name: str, value: bytes) -> None:
+        await self.attrs.setxattr(ino, name, value)
 
     async def removexattr(self, ino: int, name: str) -> None:
         await self.attrs.removexattr(ino, name)

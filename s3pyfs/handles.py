@@ -23,7 +23,6 @@ class FileHandle:
     node: Node
     writable: bool
     reader: ObjectReader | None = None
-    error: FSError | None = None   # a failed upload reported at the next flush
     wrote: bool = False            # this handle changed the file: its flush/fsync/release commits
     direct_io: bool = False        # reads a newer version than the node's other handles: no page cache
 

@@ -243,6 +243,16 @@ def test_user_xattrs_persist_in_s3fs_encoding(s3, bucket, mount):
     with pytest.raises(OSError) as info:
         os.getxattr(path, "user.tag")
     assert info.value.errno == errno.ENODATA
+    # XATTR_CREATE / XATTR_REPLACE (checked by pyfuse3 before s3pyfs sees the call)
+    os.setxattr(path, "user.once", b"1", os.XATTR_CREATE)
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "user.once", b"2", os.XATTR_CREATE)
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as info:
+        os.setxattr(path, "user.never", b"2", os.XATTR_REPLACE)
+    assert info.value.errno == errno.ENODATA
+    os.setxattr(path, "user.once", b"3", os.XATTR_REPLACE)
+    assert os.getxattr(path, "user.once") == b"3"
 
 
 def test_statfs_is_large_and_stable(bucket, mount):
