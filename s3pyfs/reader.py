@@ -29,6 +29,9 @@ few, large, overlapping requests.
   * Given the object's `etag` (the version the handle saw at open), every
     fetch is pinned to it: `fetch(start, end, etag)`, which fails (EIO) when
     the object was replaced meanwhile instead of mixing two versions.
+  * Answers are memoryview slices of the part or block buffer (bytearrays
+    received straight from the socket by s3get.py), joined only when a read
+    spans two parts: one user-space copy per byte on a cold sequential read.
 Invariants:
   * Bytes handed to the caller are exactly what was asked for: a fetch that
     comes back short is an error, never a short or padded read.
@@ -53,6 +56,7 @@ import trio
 from .budget import IN_FLIGHT, MemoryBudget
 from .errors import FSError, RemoteIOError
 
+Data = bytes | bytearray | memoryview
 Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
 Spawn = Callable[..., None]
 
@@ -65,7 +69,7 @@ class _Part:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: bytes | None = None
+        self.data: bytes | bytearray | None = None
         self.error: FSError | None = None
         self.scope = trio.CancelScope()
         self.cancelled = False
@@ -94,7 +98,9 @@ class ObjectReader:
         self.bytes_fetched = 0
 
     # ---------------------------------------------------------------- public
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Data:
+        """Bytes [offset, offset + size) clipped at the end: often a memoryview slice of a
+        kept buffer (pyfuse3 replies from any contiguous buffer; no copy here)."""
         end = min(offset + size, self.size)
         if end <= offset:
             return b""
@@ -103,7 +109,7 @@ class ObjectReader:
         self._run = self._run + (end - offset) if sequential else 0
         self._next = end
         if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
-            return self._buf[offset - self._buf_start:end - self._buf_start]
+            return memoryview(self._buf)[offset - self._buf_start:end - self._buf_start]
         first = offset // self.part
         if self._parts and first not in self._parts and first - 1 not in self._parts:
             self._drop_parts()         # a seek away from the streamed region
@@ -117,7 +123,7 @@ class ObjectReader:
         async with self._budget.held(IN_FLIGHT * (end - offset)):
             return await self._get(offset, end)
 
-    async def _get(self, lo: int, hi: int) -> bytes:
+    async def _get(self, lo: int, hi: int) -> Data:
         """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
         async with self._slots:
             data = await (self._fetch(lo, hi) if self.etag is None else self._fetch(lo, hi, self.etag))
@@ -139,9 +145,10 @@ class ObjectReader:
 
     async def _blocks_into_buffer(self, offset: int, end: int) -> bytes:
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
-        data = b"".join([await self._block(MIN_WINDOW, index) for index in range(first, last + 1)])
+        blocks = [await self._block(MIN_WINDOW, index) for index in range(first, last + 1)]
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
         self._buf_start, self._buf = first * MIN_WINDOW, data
-        return data[offset - self._buf_start:end - self._buf_start]
+        return memoryview(data)[offset - self._buf_start:end - self._buf_start]
 
     async def _small_under_pressure(self, offset: int, end: int) -> bytes:
         """The 1 MiB blocks of [offset, end), with memory reserved (never waited for)."""
@@ -153,7 +160,7 @@ class ObjectReader:
         finally:
             self._budget.release(charge)
 
-    async def _block(self, block: int, index: int) -> bytes:
+    async def _block(self, block: int, index: int) -> Data:
         """Block `index` of size `block` (shorter at the end): disk cache, else S3."""
         lo = index * block
         hi = min(lo + block, self.size)
@@ -201,8 +208,8 @@ class ObjectReader:
                 self._discard(index)
                 raise slot.error
             lo = index * self.part
-            chunks.append(slot.data[max(offset, lo) - lo:min(end, lo + self.part) - lo])
-        return b"".join(chunks)
+            chunks.append(memoryview(slot.data)[max(offset, lo) - lo:min(end, lo + self.part) - lo])
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)   # a read across parts: one copy
 
     def _part_len(self, index: int) -> int:
         return min(self.part, self.size - index * self.part)
