@@ -26,6 +26,11 @@ few, large, overlapping requests.
     A first/random/small read waits for its bytes (`acquire`) while holding
     no parts.
   * A read away from the parts (a seek) drops them and starts over.
+  * With a disk cache, `HYDRATE_AFTER` random reads of an object no larger
+    than `hydrate_max` start its hydration (hydrate.py): the whole object is
+    fetched into the cache in the background, and reads of parts already
+    there are answered from the cache.  Larger objects: reads fetch exactly
+    what they ask for, as without a cache.
   * Given the object's `etag` (the version the handle saw at open), every
     fetch is pinned to it: `fetch(start, end, etag)`, which fails (EIO) when
     the object was replaced meanwhile instead of mixing two versions.
@@ -55,6 +60,7 @@ import trio
 
 from .budget import IN_FLIGHT, MemoryBudget
 from .errors import FSError, RemoteIOError
+from .hydrate import Hydration
 
 Data = bytes | bytearray | memoryview
 Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
@@ -62,6 +68,8 @@ Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
 SEQUENTIAL_AFTER = 1024 * 1024
+HYDRATE_AFTER = 3              # random reads (after the first read) that start a hydration
+HYDRATE_PARALLEL = 2           # GETs in flight of one hydration
 
 
 class _Part:
@@ -96,6 +104,9 @@ class ObjectReader:
         self._ahead = 2
         self._parts: dict[int, _Part] = {}
         self.bytes_fetched = 0
+        self._randoms = 0              # reads that continued nothing, after the first
+        self._first = True
+        self.hydration: Hydration | None = None
 
     # ---------------------------------------------------------------- public
     async def read(self, offset: int, size: int) -> Data:
@@ -110,6 +121,15 @@ class ObjectReader:
         self._next = end
         if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
             return memoryview(self._buf)[offset - self._buf_start:end - self._buf_start]
+        if not sequential and not self._first:
+            self._randoms += 1
+            if self._randoms >= HYDRATE_AFTER and self.hydration is None:
+                self._hydrate()
+        self._first = False
+        if self.hydration is not None and not self._parts and self.hydration.covers(offset, end):
+            data = await self.hydration.read(offset, end)
+            if data is not None:
+                return data
         first = offset // self.part
         if self._parts and first not in self._parts and first - 1 not in self._parts:
             self._drop_parts()         # a seek away from the streamed region
@@ -135,6 +155,27 @@ class ObjectReader:
     def close(self) -> None:
         self._drop_parts()
         self._buf = b""
+        if self.hydration is not None:
+            self.hydration.release()
+            self.hydration = None
+
+    # ---------------------------------------------------------------- hydration (hydrate.py)
+    def _hydrate(self) -> None:
+        """Random access seen: download the whole object into the disk cache in the
+        background, if it is small enough and there is a cache (and a nursery)."""
+        store = self._store
+        if (store is None or self._spawn is None or self.etag is None or self.size <= MIN_WINDOW
+                or self.size > store.cache.hydrate_max):
+            return
+        etag = self.etag
+
+        async def get(lo: int, hi: int) -> bytes:
+            data = await self._fetch(lo, hi, etag)
+            if len(data) != hi - lo:
+                raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
+            return data
+        self.hydration = Hydration.join(store, self.size, self.part, self._spawn, get, self._budget,
+                                        HYDRATE_PARALLEL)
 
     # ---------------------------------------------------------------- buffered (random/small)
     async def _buffered(self, offset: int, end: int) -> bytes:
