@@ -71,19 +71,20 @@ def sequential(path: Path, digest: str) -> float:
     return time.perf_counter() - started
 
 
-def random_reads(path: Path, size: int, seconds: float) -> int:
+def random_reads(path: Path, size: int, seconds: float) -> list[int]:
+    """Reads done in each second."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
     buf = mmap.mmap(-1, 4096)
     rng = random.Random(1)
-    count = 0
-    end = time.perf_counter() + seconds
+    counts = [0] * int(seconds)
+    started = time.perf_counter()
     try:
-        while time.perf_counter() < end:
+        while (second := int(time.perf_counter() - started)) < len(counts):
             os.preadv(fd, [buf], rng.randrange(size // 4096) * 4096)
-            count += 1
+            counts[second] += 1
     finally:
         os.close(fd)
-    return count
+    return counts
 
 
 def main() -> None:
@@ -91,7 +92,8 @@ def main() -> None:
     p.add_argument("trees", nargs="+")
     p.add_argument("--size-mib", type=int, default=1024)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--random", type=float, default=0, metavar="SECONDS")
+    p.add_argument("--random", type=int, default=0, metavar="SECONDS")
+    p.add_argument("--profile", metavar="PREFIX", help="py-spy raw profiles to PREFIX.REP.TREE.txt")
     p.add_argument("-o", dest="opts", default="", help="extra -o options for every mount")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="read-cpu-") as tmp:
@@ -115,12 +117,18 @@ def main() -> None:
                     drop_caches()
                     m = mount(tree, seaweed, bucket, Path(tmp) / f"m{rep}-{i}", opts)
                     try:
+                        spy = None
+                        if args.profile:
+                            import subprocess
+                            spy = subprocess.Popen(["py-spy", "record", "-p", str(m.proc.pid), "-f", "raw", "-o",
+                                                    f"{args.profile}.{rep}.{i}.txt", "-r", "200"],
+                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                         before = cpu_seconds(m.proc.pid)
                         if args.random:
-                            count = random_reads(m.path / "seq.bin", args.size_mib * MiB, args.random)
+                            counts = random_reads(m.path / "seq.bin", args.size_mib * MiB, args.random)
                             cpu = cpu_seconds(m.proc.pid) - before
-                            print(f"rep {rep} {tree}: random 4 KiB: {count / args.random:.0f} IOPS, "
-                                  f"{cpu:.2f} s CPU", flush=True)
+                            print(f"rep {rep} {tree}: random 4 KiB: {sum(counts) / len(counts):.0f} IOPS, "
+                                  f"{cpu / sum(counts) * 1e6:.0f} us CPU per read; per second: {counts}", flush=True)
                         else:
                             wall = sequential(m.path / "seq.bin", digest)
                             cpu = cpu_seconds(m.proc.pid) - before
@@ -128,6 +136,9 @@ def main() -> None:
                             print(f"rep {rep} {tree}: {cpu / gib:.2f} s CPU/GiB, {wall:.2f} s wall, "
                                   f"{args.size_mib / wall:.0f} MiB/s", flush=True)
                     finally:
+                        if spy is not None:
+                            spy.send_signal(2)
+                            spy.wait(30)
                         problems = m.close()
                         if problems:
                             print("\n".join(problems), file=sys.stderr)

@@ -155,37 +155,24 @@ class DiskCache:
         with self._mutex:
             return self._lru.get(name) == length and name not in self._storing
 
-    def read_at(self, key: str, etag: str | None, block: int, index: int, length: int,
-                offset: int, size: int) -> bytes | None:
-        """`size` bytes at `offset` of the stored block (which must be `length` bytes
-        long), or None when it is not there (then counted as a miss)."""
+    def open_block(self, key: str, etag: str | None, block: int, index: int, length: int) -> int | None:
+        """A read-only fd of the stored block (`length` bytes long), or None.  The caller
+        closes it; the block's bytes never change under it (an eviction only unlinks)."""
         if not etag:
             return None
         name = self._name(key, etag, block, index)
         with self._mutex:
-            if name not in self._lru or name in self._storing:
-                self.misses += 1
+            if self._lru.get(name) != length or name in self._storing:
                 return None
-        data = None
+            self._lru.move_to_end(name)
         try:
             fd = os.open(name, _READ, dir_fd=self.fd)
-            try:
-                if os.fstat(fd).st_size == length:
-                    data = os.pread(fd, size, offset)
-            finally:
-                os.close(fd)
         except OSError:
-            pass
-        with self._mutex:
-            if data is None or len(data) != size:
-                if name not in self._storing:
-                    self._evict(name)
-                self.misses += 1
-                return None
-            if name in self._lru:
-                self._lru.move_to_end(name)
-            self.hits += 1
-        return data
+            return None
+        if os.fstat(fd).st_size != length:
+            os.close(fd)
+            return None
+        return fd
 
     def put(self, key: str, etag: str | None, block: int, index: int, data: bytes) -> bool:
         """Store the block; True when it is in the cache afterwards (stored now or before)."""
@@ -273,5 +260,5 @@ class ObjectBlocks:
     async def has(self, block: int, index: int, length: int) -> bool:
         return await diskio.run(self.cache.has, self.key, self.etag, block, index, length)
 
-    async def read_at(self, block: int, index: int, length: int, offset: int, size: int) -> bytes | None:
-        return await diskio.run(self.cache.read_at, self.key, self.etag, block, index, length, offset, size)
+    async def open_block(self, block: int, index: int, length: int) -> int | None:
+        return await diskio.run(self.cache.open_block, self.key, self.etag, block, index, length)
