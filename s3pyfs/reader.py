@@ -58,6 +58,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from . import buffers
 from .budget import IN_FLIGHT, MemoryBudget
 from .errors import FSError, RemoteIOError
 from .hydrate import Hydration
@@ -237,7 +238,7 @@ class ObjectReader:
                 slot = self._start_part(index, foreground=True)
             if slot.data is None and slot.error is None:
                 await self._wait_or_fetch(index, slot)
-            if slot.cancelled:          # dropped by a concurrent seek while we waited
+            if slot.cancelled or (slot.data is None and slot.error is None):   # dropped while we waited
                 slot = _Part()
                 slot.held = IN_FLIGHT * self._part_len(index)
                 self._budget.reserve(slot.held)
@@ -301,6 +302,8 @@ class ObjectReader:
             slot.scope.cancel()
         held, slot.held = slot.held, 0
         self._budget.release(held)
+        data, slot.data = slot.data, None    # a reader still waiting on the slot fetches again
+        buffers.give(data)             # reused only if no reply or reader refers to it
 
     def _drop_parts(self) -> None:
         for index in list(self._parts):

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit
 
 import trio
 
+from . import buffers
+
 FALLBACK = object()
 _HEAD_MAX = 64 * 1024
 _RECV = 1024 * 1024
@@ -201,7 +203,7 @@ class LeanGet:
             if length > wanted:        # the range was not honoured: botocore's way
                 conn.close()
                 return FALLBACK
-            body = bytearray(length)
+            body = buffers.take(length)      # a reused part buffer: no zero-fill
             await self._body_into(conn, body)
         elif "chunked" in headers.get("transfer-encoding", "").lower():
             body = await self._chunked(conn)
