@@ -172,6 +172,10 @@ class DiskCache:
         if os.fstat(fd).st_size != length:
             os.close(fd)
             return None
+        try:        # a block stored before (another session) is read at random: into memory now
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
         return fd
 
     def put(self, key: str, etag: str | None, block: int, index: int, data: bytes) -> bool:
