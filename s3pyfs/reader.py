@@ -7,7 +7,9 @@ few, large, overlapping requests.
   * A read continuing the previous one gets the 1 MiB-aligned block(s) holding
     it, kept as a buffer.
   * With a disk cache (`use_cache=`), blocks (1 MiB and 8 MiB) are looked up
-    there first and stored after a fetch, keyed by key and ETag.
+    there first and stored after a fetch, keyed by key and ETag; up to
+    `STORES_BEHIND` stores per reader run in the background (their buffers
+    outside the budget, at most 2 parts per reader), more are awaited.
   * Once a reader has gone sequentially through `SEQUENTIAL_AFTER` bytes, the
     object is read in aligned parts of `part` bytes (8 MiB) fetched in the
     background ahead of the reader: two parts ahead at first, doubling per part
@@ -71,6 +73,7 @@ MIN_WINDOW = 1024 * 1024
 SEQUENTIAL_AFTER = 1024 * 1024
 HYDRATE_AFTER = 3              # random reads (after the first read) that start a hydration
 HYDRATE_PARALLEL = 2           # GETs in flight of one hydration
+STORES_BEHIND = 2              # disk-cache stores a reader leaves running behind it
 
 
 class _Part:
@@ -108,6 +111,7 @@ class ObjectReader:
         self._randoms = 0              # reads that continued nothing, after the first
         self._first = True
         self.hydration: Hydration | None = None
+        self._storing = 0              # disk-cache stores running in the background
 
     # ---------------------------------------------------------------- public
     async def read(self, offset: int, size: int) -> Data:
@@ -212,8 +216,18 @@ class ObjectReader:
                 return data
         data = await self._get(lo, hi)
         if self._store is not None:
-            await self._store.put(block, index, data)
+            if self._spawn is not None and self._storing < STORES_BEHIND:
+                self._storing += 1     # the reader need not wait for the disk write
+                self._spawn(self._store_behind, block, index, data)
+            else:
+                await self._store.put(block, index, data)
         return data
+
+    async def _store_behind(self, block: int, index: int, data) -> None:
+        try:
+            await self._store.put(block, index, data)
+        finally:
+            self._storing -= 1
 
     # ---------------------------------------------------------------- streamed parts
     async def _from_parts(self, offset: int, end: int) -> bytes:
