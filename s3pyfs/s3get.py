@@ -199,7 +199,11 @@ class LeanGet:
                 raise Changed(headers.get("x-amz-request-id", ""))
             return FALLBACK
         if "content-length" in headers:
-            length = int(headers["content-length"])
+            try:
+                length = int(headers["content-length"])
+            except ValueError:
+                conn.close()
+                raise Truncated(f"bad Content-Length {headers['content-length'][:40]!r}") from None
             if length > wanted:        # the range was not honoured: botocore's way
                 conn.close()
                 return FALLBACK
