@@ -23,12 +23,15 @@ Invariants:
   * Plain http bodies are received with `recv_into` into the result buffer
     (one copy: kernel -> buffer); https goes through trio.SSLStream (one more
     copy).  No deadline here: the caller's `request_timeout` bounds each call.
+  * Never used through a proxy: with HTTP(S)_PROXY set for the endpoint
+    (and no NO_PROXY match) every GET goes the botocore way, which honours it.
   * Runs on the trio thread only; `close()` closes every pooled connection.
 """
 
 from __future__ import annotations
 
 import ssl
+import urllib.request
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -103,6 +106,7 @@ class LeanGet:
         self._connect_timeout = connect_timeout
         self._ssl: ssl.SSLContext | None = None
         self.connections_made = 0     # for tests: keep-alive reuse is observable
+        self._direct: dict[tuple[str, str], bool] = {}   # (scheme, host) -> no proxy configured for it
         self.closed = False
 
     # ---------------------------------------------------------------- pool
@@ -138,6 +142,14 @@ class LeanGet:
                 conn.close()
         self._idle.clear()
 
+    def _is_direct(self, scheme: str, host: str) -> bool:
+        known = self._direct.get((scheme, host))
+        if known is None:
+            proxies = urllib.request.getproxies()
+            known = self._direct[(scheme, host)] = (scheme not in proxies
+                                                    or bool(urllib.request.proxy_bypass(host)))
+        return known
+
     # ---------------------------------------------------------------- GET
     async def get(self, key: str, start: int, end: int, etag: str | None = None):
         """(bytearray of bytes [start, end), answer headers) or FALLBACK.
@@ -155,6 +167,8 @@ class LeanGet:
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
         where = (scheme, parts.hostname or "", port)
+        if not self._is_direct(scheme, where[1]):
+            return FALLBACK            # a proxy is configured (HTTP(S)_PROXY): botocore uses it
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{name}: {value}" for name, value in sent_headers.items() if name.lower() != "host"]

@@ -128,3 +128,16 @@ async def test_lean_get_off_uses_botocore(seaweed, s3, bucket):
         data = await client.get_range("k", 2, 5)
         assert data == b"234" and isinstance(data, bytes)
 
+
+
+async def test_no_lean_get_through_a_configured_proxy(monkeypatch):
+    from s3pyfs import s3get
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+
+    async def sign(key, headers):
+        return f"http://s3.example.test/bucket/{key}", dict(headers)
+    lean = s3get.LeanGet(sign)
+    assert await lean.get("k", 0, 10) is s3get.FALLBACK       # botocore's path, which honours the proxy
+    assert lean.connections_made == 0
