@@ -28,6 +28,10 @@ Invariants:
     a GET given the caller's ETag is pinned to it (If-Match, and the answer's
     ETag compared), and an object replaced meanwhile is a RemoteIOError
     saying so.
+  * Ranged GETs (`get_range`) go through s3get.py on the trio thread when the
+    URL is learnt and no extra GetObject arguments apply: same slot, deadline,
+    body checks, retries and counters as `_do`; whatever that path cannot
+    answer is sent again through botocore.
   * Uploads are verified: PutObject and UploadPart send Content-MD5 (the
     server refuses a body damaged on the way, BadDigest, sent again).
   * Plain-looking ETags are taken for MD5s until the store proves otherwise
