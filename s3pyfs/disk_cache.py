@@ -30,6 +30,8 @@ Invariants:
     so concurrent stores never overshoot the bounds, and one block is stored
     by one thread at a time (`_storing`).  File data is read and written
     outside the mutex.
+  * `hydrations` (hydrate.py) is state of the trio thread, kept here because
+    the cache is the one object every reader of the mount shares.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".blk"
 BLOCKS = "blocks"
 DEFAULT_FREE_FLOOR = 1024 * 1024 * 1024
+DEFAULT_HYDRATE_MAX = 512 * 1024 * 1024
 _BLOCK = re.compile(r"^[0-9a-f]{64}\.blk$")
 _TEMP = re.compile(r"^[0-9a-f]{64}\.blk\.tmp$")
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -58,9 +61,11 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class DiskCache:
     def __init__(self, directory: "str | Dir", bucket: str, max_bytes: int | None = None,
-                 min_free: int | None = None, wipe: bool = False):
+                 min_free: int | None = None, wipe: bool = False, hydrate_max: int | None = None):
         """`directory` is a checked private Dir (the mount: statedir) or a path that is
-        created (tests); the blocks go to its `blocks` subdirectory."""
+        created (tests); the blocks go to its `blocks` subdirectory.  `hydrate_max`:
+        objects up to this many bytes are downloaded whole once read at random
+        (hydrate.py); default a quarter of `max_bytes`, or 512 MiB without one; 0: never."""
         if isinstance(directory, str):
             path = os.path.abspath(directory)
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -87,6 +92,10 @@ class DiskCache:
         self.hits = self.misses = self.evictions = 0
         self._mutex = threading.Lock()
         self._storing: set[str] = set()     # blocks being written by a thread now
+        if hydrate_max is None:
+            hydrate_max = max_bytes // 4 if max_bytes else DEFAULT_HYDRATE_MAX
+        self.hydrate_max = hydrate_max
+        self.hydrations: dict = {}          # (key, etag) -> hydrate.Hydration; trio thread only
         self._load()
 
     def _load(self) -> None:
@@ -138,19 +147,51 @@ class DiskCache:
             self.hits += 1
         return data
 
-    def put(self, key: str, etag: str | None, block: int, index: int, data: bytes) -> None:
+    def has(self, key: str, etag: str | None, block: int, index: int, length: int) -> bool:
+        """Is the block stored, `length` bytes long?  (No file is opened.)"""
+        if not etag:
+            return False
+        name = self._name(key, etag, block, index)
+        with self._mutex:
+            return self._lru.get(name) == length and name not in self._storing
+
+    def open_block(self, key: str, etag: str | None, block: int, index: int, length: int) -> int | None:
+        """A read-only fd of the stored block (`length` bytes long), or None.  The caller
+        closes it; the block's bytes never change under it (an eviction only unlinks)."""
+        if not etag:
+            return None
+        name = self._name(key, etag, block, index)
+        with self._mutex:
+            if self._lru.get(name) != length or name in self._storing:
+                return None
+            self._lru.move_to_end(name)
+        try:
+            fd = os.open(name, _READ, dir_fd=self.fd)
+        except OSError:
+            return None
+        if os.fstat(fd).st_size != length:
+            os.close(fd)
+            return None
+        try:        # a block stored before (another session) is read at random: into memory now
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        return fd
+
+    def put(self, key: str, etag: str | None, block: int, index: int, data: bytes) -> bool:
+        """Store the block; True when it is in the cache afterwards (stored now or before)."""
         if not etag or not data:
-            return
+            return False
         name = self._name(key, etag, block, index)
         size = len(data)
         with self._mutex:
             if name in self._storing:
-                return
+                return False
             if name in self._lru:
                 self._lru.move_to_end(name)
-                return
+                return True
             if not self._make_room(size):
-                return
+                return False
             self._storing.add(name)
             self.bytes += size                # reserved: concurrent stores see it
         temp = name + ".tmp"
@@ -172,6 +213,7 @@ class DiskCache:
                     self._lru[name] = size
                 else:
                     self.bytes -= size
+        return stored
 
     def _make_room(self, size: int) -> bool:
         while self._lru and (self._over_size(size) or self._free() - size < self.min_free):
@@ -216,5 +258,11 @@ class ObjectBlocks:
     async def get(self, block: int, index: int, length: int) -> bytes | None:
         return await diskio.run(self.cache.get, self.key, self.etag, block, index, length)
 
-    async def put(self, block: int, index: int, data: bytes) -> None:
-        await diskio.run(self.cache.put, self.key, self.etag, block, index, data)
+    async def put(self, block: int, index: int, data: bytes) -> bool:
+        return await diskio.run(self.cache.put, self.key, self.etag, block, index, data)
+
+    async def has(self, block: int, index: int, length: int) -> bool:
+        return await diskio.run(self.cache.has, self.key, self.etag, block, index, length)
+
+    async def open_block(self, block: int, index: int, length: int) -> int | None:
+        return await diskio.run(self.cache.open_block, self.key, self.etag, block, index, length)

@@ -158,6 +158,7 @@ def open_disk_cache(opts: MountOptions, base: statedir.Dir) -> DiskCache | None:
         return DiskCache(base, opts.bucket,
                          max_bytes=opts.cache_size * mib if opts.cache_size else None,
                          min_free=opts.ensure_diskfree * mib if opts.ensure_diskfree is not None else None,
+                         hydrate_max=opts.hydrate_max * mib if opts.hydrate_max is not None else None,
                          wipe=opts.del_cache)
     except OSError as exc:
         raise UsageError(f"use_cache directory {opts.use_cache}: {exc.strerror}") from None

@@ -103,6 +103,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("del_cache", "del_cache", None, "empty the disk cache at start and at unmount"),
     Option("cache_size", "cache_size", v.whole(1, 2**40), "size limit of the disk cache in MiB"),
     Option("ensure_diskfree", "ensure_diskfree", v.whole(0, 2**40), "MiB of free space the disk cache leaves on its filesystem"),
+    Option("hydrate_max", "hydrate_max", v.whole(0, 2**40), "with use_cache: objects up to this many MiB are downloaded whole into the disk cache, in the background, once read at random (default a quarter of cache_size, 512 without it; 0: never)",
+           details="Random reads are then answered from the cache as its parts arrive. Larger objects, and every "
+           "object without use_cache, fetch just the bytes each random read asks for."),
     # --- transfers and caches
     Option("name_max", "name_max", v.whole(1, 1024), "longest name in bytes of a new file, directory or link; longer ones are refused with ENAMETOOLONG before any data is written (default 255: SeaweedFS, MinIO and Linux's NAME_MAX; AWS S3 takes up to 1024 for a whole key). statfs reports it"),
     Option("key_max", "key_max", v.whole(2, 4096), "longest whole S3 key in bytes (prefix included, with the '/' of a directory marker); a name whose key would be longer is refused with ENAMETOOLONG like a name longer than name_max (default 1024: AWS S3, MinIO, SeaweedFS)"),
@@ -247,6 +250,7 @@ class MountOptions:
     del_cache: bool = False
     cache_size: int | None = None       # MiB
     ensure_diskfree: int | None = None  # MiB
+    hydrate_max: int | None = None      # MiB; None: disk_cache's default
     multipart_size: int = 10
     name_max: int = 255
     key_max: int = 1024

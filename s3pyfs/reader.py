@@ -7,7 +7,9 @@ few, large, overlapping requests.
   * A read continuing the previous one gets the 1 MiB-aligned block(s) holding
     it, kept as a buffer.
   * With a disk cache (`use_cache=`), blocks (1 MiB and 8 MiB) are looked up
-    there first and stored after a fetch, keyed by key and ETag.
+    there first and stored after a fetch, keyed by key and ETag; up to
+    `STORES_BEHIND` stores per reader run in the background (their buffers
+    outside the budget, at most 2 parts per reader), more are awaited.
   * Once a reader has gone sequentially through `SEQUENTIAL_AFTER` bytes, the
     object is read in aligned parts of `part` bytes (8 MiB) fetched in the
     background ahead of the reader: two parts ahead at first, doubling per part
@@ -26,9 +28,17 @@ few, large, overlapping requests.
     A first/random/small read waits for its bytes (`acquire`) while holding
     no parts.
   * A read away from the parts (a seek) drops them and starts over.
+  * With a disk cache, `HYDRATE_AFTER` random reads of an object no larger
+    than `hydrate_max` start its hydration (hydrate.py): the whole object is
+    fetched into the cache in the background, and reads of parts already
+    there are answered from the cache.  Larger objects: reads fetch exactly
+    what they ask for, as without a cache.
   * Given the object's `etag` (the version the handle saw at open), every
     fetch is pinned to it: `fetch(start, end, etag)`, which fails (EIO) when
     the object was replaced meanwhile instead of mixing two versions.
+  * Answers are memoryview slices of the part or block buffer (bytearrays
+    received straight from the socket by s3get.py), joined only when a read
+    spans two parts: one user-space copy per byte on a cold sequential read.
 Invariants:
   * Bytes handed to the caller are exactly what was asked for: a fetch that
     comes back short is an error, never a short or padded read.
@@ -50,14 +60,20 @@ from typing import Awaitable, Callable
 
 import trio
 
+from . import buffers
 from .budget import IN_FLIGHT, MemoryBudget
 from .errors import FSError, RemoteIOError
+from .hydrate import Hydration
 
+Data = bytes | bytearray | memoryview
 Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
 Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
 SEQUENTIAL_AFTER = 1024 * 1024
+HYDRATE_AFTER = 3              # random reads (after the first read) that start a hydration
+HYDRATE_PARALLEL = 2           # GETs in flight of one hydration
+STORES_BEHIND = 2              # disk-cache stores a reader leaves running behind it
 
 
 class _Part:
@@ -65,7 +81,7 @@ class _Part:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: bytes | None = None
+        self.data: bytes | bytearray | None = None
         self.error: FSError | None = None
         self.scope = trio.CancelScope()
         self.cancelled = False
@@ -92,9 +108,15 @@ class ObjectReader:
         self._ahead = 2
         self._parts: dict[int, _Part] = {}
         self.bytes_fetched = 0
+        self._randoms = 0              # reads that continued nothing, after the first
+        self._first = True
+        self.hydration: Hydration | None = None
+        self._storing = 0              # disk-cache stores running in the background
 
     # ---------------------------------------------------------------- public
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> Data:
+        """Bytes [offset, offset + size) clipped at the end: often a memoryview slice of a
+        kept buffer (pyfuse3 replies from any contiguous buffer; no copy here)."""
         end = min(offset + size, self.size)
         if end <= offset:
             return b""
@@ -103,7 +125,16 @@ class ObjectReader:
         self._run = self._run + (end - offset) if sequential else 0
         self._next = end
         if self._buf_start <= offset and end <= self._buf_start + len(self._buf):
-            return self._buf[offset - self._buf_start:end - self._buf_start]
+            return memoryview(self._buf)[offset - self._buf_start:end - self._buf_start]
+        if not sequential and not self._first:
+            self._randoms += 1
+            if self._randoms >= HYDRATE_AFTER and self.hydration is None:
+                self._hydrate()
+        self._first = False
+        if self.hydration is not None and not self._parts and self.hydration.covers(offset, end):
+            data = await self.hydration.read(offset, end)
+            if data is not None:
+                return data
         first = offset // self.part
         if self._parts and first not in self._parts and first - 1 not in self._parts:
             self._drop_parts()         # a seek away from the streamed region
@@ -117,7 +148,7 @@ class ObjectReader:
         async with self._budget.held(IN_FLIGHT * (end - offset)):
             return await self._get(offset, end)
 
-    async def _get(self, lo: int, hi: int) -> bytes:
+    async def _get(self, lo: int, hi: int) -> Data:
         """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
         async with self._slots:
             data = await (self._fetch(lo, hi) if self.etag is None else self._fetch(lo, hi, self.etag))
@@ -129,6 +160,27 @@ class ObjectReader:
     def close(self) -> None:
         self._drop_parts()
         self._buf = b""
+        if self.hydration is not None:
+            self.hydration.release()
+            self.hydration = None
+
+    # ---------------------------------------------------------------- hydration (hydrate.py)
+    def _hydrate(self) -> None:
+        """Random access seen: download the whole object into the disk cache in the
+        background, if it is small enough and there is a cache (and a nursery)."""
+        store = self._store
+        if (store is None or self._spawn is None or self.etag is None or self.size <= MIN_WINDOW
+                or self.size > store.cache.hydrate_max):
+            return
+        etag = self.etag
+
+        async def get(lo: int, hi: int) -> bytes:
+            data = await self._fetch(lo, hi, etag)
+            if len(data) != hi - lo:
+                raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
+            return data
+        self.hydration = Hydration.join(store, self.size, self.part, self._spawn, get, self._budget,
+                                        HYDRATE_PARALLEL)
 
     # ---------------------------------------------------------------- buffered (random/small)
     async def _buffered(self, offset: int, end: int) -> bytes:
@@ -139,9 +191,10 @@ class ObjectReader:
 
     async def _blocks_into_buffer(self, offset: int, end: int) -> bytes:
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
-        data = b"".join([await self._block(MIN_WINDOW, index) for index in range(first, last + 1)])
+        blocks = [await self._block(MIN_WINDOW, index) for index in range(first, last + 1)]
+        data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
         self._buf_start, self._buf = first * MIN_WINDOW, data
-        return data[offset - self._buf_start:end - self._buf_start]
+        return memoryview(data)[offset - self._buf_start:end - self._buf_start]
 
     async def _small_under_pressure(self, offset: int, end: int) -> bytes:
         """The 1 MiB blocks of [offset, end), with memory reserved (never waited for)."""
@@ -153,7 +206,7 @@ class ObjectReader:
         finally:
             self._budget.release(charge)
 
-    async def _block(self, block: int, index: int) -> bytes:
+    async def _block(self, block: int, index: int) -> Data:
         """Block `index` of size `block` (shorter at the end): disk cache, else S3."""
         lo = index * block
         hi = min(lo + block, self.size)
@@ -163,8 +216,18 @@ class ObjectReader:
                 return data
         data = await self._get(lo, hi)
         if self._store is not None:
-            await self._store.put(block, index, data)
+            if self._spawn is not None and self._storing < STORES_BEHIND:
+                self._storing += 1     # the reader need not wait for the disk write
+                self._spawn(self._store_behind, block, index, data)
+            else:
+                await self._store.put(block, index, data)
         return data
+
+    async def _store_behind(self, block: int, index: int, data) -> None:
+        try:
+            await self._store.put(block, index, data)
+        finally:
+            self._storing -= 1
 
     # ---------------------------------------------------------------- streamed parts
     async def _from_parts(self, offset: int, end: int) -> bytes:
@@ -189,7 +252,7 @@ class ObjectReader:
                 slot = self._start_part(index, foreground=True)
             if slot.data is None and slot.error is None:
                 await self._wait_or_fetch(index, slot)
-            if slot.cancelled:          # dropped by a concurrent seek while we waited
+            if slot.cancelled or (slot.data is None and slot.error is None):   # dropped while we waited
                 slot = _Part()
                 slot.held = IN_FLIGHT * self._part_len(index)
                 self._budget.reserve(slot.held)
@@ -201,8 +264,8 @@ class ObjectReader:
                 self._discard(index)
                 raise slot.error
             lo = index * self.part
-            chunks.append(slot.data[max(offset, lo) - lo:min(end, lo + self.part) - lo])
-        return b"".join(chunks)
+            chunks.append(memoryview(slot.data)[max(offset, lo) - lo:min(end, lo + self.part) - lo])
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)   # a read across parts: one copy
 
     def _part_len(self, index: int) -> int:
         return min(self.part, self.size - index * self.part)
@@ -253,6 +316,8 @@ class ObjectReader:
             slot.scope.cancel()
         held, slot.held = slot.held, 0
         self._budget.release(held)
+        data, slot.data = slot.data, None    # a reader still waiting on the slot fetches again
+        buffers.give(data)             # reused only if no reply or reader refers to it
 
     def _drop_parts(self) -> None:
         for index in list(self._parts):

@@ -28,6 +28,10 @@ Invariants:
     a GET given the caller's ETag is pinned to it (If-Match, and the answer's
     ETag compared), and an object replaced meanwhile is a RemoteIOError
     saying so.
+  * Ranged GETs (`get_range`) go through s3get.py on the trio thread when the
+    URL is learnt and no extra GetObject arguments apply: same slot, deadline,
+    body checks, retries and counters as `_do`; whatever that path cannot
+    answer is sent again through botocore.
   * Uploads are verified: PutObject and UploadPart carry a checksum of the body
     (`checksum=`, checksums.py: x-amz-checksum-crc32c by default, or -crc32, or
     Content-MD5), so the server refuses a body damaged on the way (BadDigest,
@@ -81,7 +85,7 @@ from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError
                                  PartialCredentialsError, ResponseStreamingError)
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
-from . import checksums, metrics
+from . import checksums, metrics, s3get
 from .budget import MemoryBudget
 from .concurrency import run_all
 from .credentials import StaticKeys
@@ -201,6 +205,7 @@ class ClientSettings:
     signature_version: str | None = None        # None: SigV4; "s3": SigV2; "unsigned": anonymous
     credential_providers: tuple[str, ...] | None = None   # keep only these of botocore's chain
     checksum: str = "crc32c"                    # of upload bodies: crc32c | crc32 | md5 | none
+    lean_get: bool = True                       # ranged GETs through s3get.py (else all through botocore)
 
 
 class BadAnswer(Exception):
@@ -379,6 +384,17 @@ class _WithRequestArgs:
         return call
 
 
+def _lean_answer(headers: Mapping[str, str], received: int) -> dict[str, Any]:
+    """The fields of a GetObject answer `_check_body` reads, from s3get.py's headers."""
+    r: dict[str, Any] = {"ContentLength": int(headers.get("content-length", received))}
+    for field, header in (("ETag", "etag"), ("ContentRange", "content-range"),
+                          ("ServerSideEncryption", "x-amz-server-side-encryption"),
+                          ("SSECustomerAlgorithm", "x-amz-server-side-encryption-customer-algorithm")):
+        if header in headers:
+            r[field] = headers[header]
+    return r
+
+
 def _ns(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
@@ -406,6 +422,11 @@ class S3Client:
         self.memory = MemoryBudget(settings.max_memory)
         raw = client._client if isinstance(client, _WithRequestArgs) else client
         self._fast = FastPath(raw, settings.bucket, settings.request_args)
+        # ranged GETs on trio sockets (s3get.py), signed by the client's signer on the loop thread
+        self._lean: s3get.LeanGet | None = s3get.LeanGet(
+            lambda key, headers: loop.run(self._fast.sign_get(key, headers)),
+            verify_tls=settings.verify_tls, max_idle=settings.max_connections,
+            connect_timeout=settings.connect_timeout) if settings.lean_get else None
 
     async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0,
                   check: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> Any:
@@ -524,13 +545,64 @@ class S3Client:
         metrics.counters.s3_received(len(data))
         return r, data
 
-    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes:
-        """Bytes [start, end) of `key`; fewer only at the end of the object.
+    async def get_range(self, key: str, start: int, end: int, etag: str | None = None) -> bytes | bytearray:
+        """Bytes [start, end) of `key`; fewer only at the end of the object.  A bytearray
+        when it came the lean way (s3get.py: received straight into it), else bytes.
 
-        With `etag`, only bytes of that version: RemoteIOError if the object changed."""
+        With `etag`, only bytes of that version: Conflict if the object changed."""
         if end <= start:
             return b""
+        if self._lean is not None and self._fast.get_enabled:
+            data = await self._get_lean(key, start, end, etag)
+            if data is not FALLBACK:
+                return data
         return (await self._get(key, etag, Range=f"bytes={start}-{end - 1}"))[1]
+
+    async def _get_lean(self, key: str, start: int, end: int, etag: str | None):
+        """get_range through s3get.py (same slot, deadline, checks, retries and counters as
+        `_do`), or FALLBACK when that path cannot answer (then botocore's does)."""
+        what = f"GET {key} bytes={start}-{end - 1}"
+        wrong: set[str] = set()
+        async with self._slots:
+            started = time.perf_counter()
+            ours = 0
+            try:
+                with trio.fail_after(self.settings.request_timeout):
+                    while True:
+                        try:
+                            result = await self._lean.get(key, start, end, etag)
+                            if result is s3get.FALLBACK:
+                                return FALLBACK
+                            data, headers = result
+                            r = _lean_answer(headers, len(data))
+                            if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
+                                raise ObjectChanged(f"{what}: {_CHANGED}")
+                            await self._check_body(what, r, data, wrong)
+                            break
+                        except (s3get.Truncated, DamagedBody) as exc:
+                            if ours + 1 >= self.settings.retries:
+                                raise DamagedBody(f"{what}: {exc}") from None
+                            ours += 1
+                            log.info("%s: %s; trying again (%d of %d)", what, exc, ours + 1, self.settings.retries)
+                            await trio.sleep(_backoff(ours))
+            except trio.TooSlowError:
+                error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
+                metrics.counters.s3_done(what, "timeout", started, message=str(error))
+                raise error from None
+            except s3get.Changed:
+                error = Conflict(f"{what}: {_CHANGED}")
+                metrics.counters.s3_done(what, "412", started, retries=ours, message=str(error))
+                raise error from None
+            except BadAnswer as exc:
+                error = _translate(exc, what)
+                metrics.counters.s3_done(what, "damaged", started, retries=ours, message=str(error))
+                raise error from None
+            except trio.Cancelled:
+                metrics.counters.s3_done(what, "cancelled", started)
+                raise
+        metrics.counters.s3_done(what, "ok", started, 0, ours)
+        metrics.counters.s3_received(len(data))
+        return data
 
     async def get_all(self, key: str, etag: str | None = None) -> bytes:
         return (await self._get(key, etag))[1]
@@ -949,7 +1021,12 @@ async def open_client(settings: ClientSettings) -> AsyncIterator[S3Client]:
             raise CredentialsError(f"cannot set up the S3 client: {type(exc).__name__}") from None
         try:
             wrapped = _WithRequestArgs(client, settings.request_args) if settings.request_args else client
-            yield S3Client(wrapped, settings, loop)
+            s3 = S3Client(wrapped, settings, loop)
+            try:
+                yield s3
+            finally:
+                if s3._lean is not None:
+                    s3._lean.close()
         finally:
             with trio.CancelScope(shield=True):
                 await loop.run(client_cm.__aexit__(None, None, None))

@@ -29,6 +29,8 @@ Invariants:
     system headers (Content-*, Cache-Control, Expires as `ExpiresString`,
     storage class, SSE and KMS key id) besides length, ETag, date and metadata,
     and the If-Match / If-None-Match header of a conditional commit when given.
+  * GETs are only signed here (`sign_get`) and sent by s3get.py on the trio
+    thread; not when GetObject would carry extra arguments (SSE-C).
   * Runs on the asyncio thread of `loop_thread.LoopThread`, like the client.
 """
 
@@ -102,6 +104,7 @@ class FastPath:
         self._bucket = bucket
         self.enabled = not _takes_any(client, "HeadObject", request_args)
         self.put_enabled = self.enabled and not _takes_any(client, "PutObject", request_args)
+        self.get_enabled = self.enabled and not _takes_any(client, "GetObject", request_args)
         self._base: str | None = None            # URL up to the key, learnt from botocore
         self._signing: dict | None = None
         self._learning: str | None = None        # key of the botocore HEAD being watched
@@ -141,6 +144,22 @@ class FastPath:
         except Exception as exc:        # noqa: BLE001
             log.debug("fast %s %s: %s: %s; sending it through botocore", method, key, type(exc).__name__, exc)
             return None
+
+    async def sign_get(self, key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]] | None:
+        """URL and signed headers of a GET of `key` with `headers` (Range, If-Match), for
+        s3get.py to send on the trio thread; None when the URL is not learnt yet or
+        signing failed (logged)."""
+        if self._base is None or not self.get_enabled:
+            return None
+        request = AWSRequest(method="GET", url=self._base + _key_path(key), headers=headers)
+        request.context.update(signing=dict(self._signing or {}), client_config=self._client.meta.config)
+        try:
+            await self._client._request_signer.sign("GetObject", request)
+        except Exception as exc:        # noqa: BLE001
+            log.debug("signing GET %s: %s: %s; sending it through botocore", key, type(exc).__name__, exc)
+            return None
+        prepared = request.prepare()
+        return prepared.url, dict(prepared.headers.items())
 
     async def head(self, key: str) -> Any:
         """botocore-shaped HeadObject response, None when absent, or FALLBACK."""
