@@ -7,6 +7,11 @@ Invariants:
     errno; any other exception is logged once with its traceback and answered
     with EIO, because an escaping exception ends pyfuse3.main() and with it the
     mount.  Tests may set `reraise_unexpected` to see such bugs directly.
+  * Every request carries one deadline (`S3Client.deadline`: `request_timeout`
+    after its start or the mount's last answer from S3) to all S3 requests and
+    lock waits made for it, so a hung endpoint ends it with EIO in that time;
+    the kernel's immediate second try of a request that timed out fails at once
+    (`_REPEAT`), so the system call gets one bound, not two.
   * Kernel attribute and entry timeouts equal the stat cache TTL, so the kernel
     never trusts an attribute longer than the core would.
 """
@@ -21,9 +26,11 @@ import time
 from typing import Callable
 
 import pyfuse3
+import trio
 
 from . import metrics
-from .errors import FSError
+from .concurrency import carrying
+from .errors import FSError, RemoteTimeout
 from .filesystem import Filesystem
 from .inodes import ROOT_INODE, Node
 from .metadata import reported_mode, reported_owner
@@ -43,13 +50,19 @@ def _guard(handler):
         if self.before_first_request is not None:
             hook, self.before_first_request = self.before_first_request, None
             hook()
+        repeat = (op, args[0] if args else None, args[1] if op in _WITH_NAME and len(args) > 1 else None)
         try:
-            result = await handler(self, *args, **kwargs)
+            if self._timed_out:
+                self._repeated_timeout(repeat)
+            with carrying(self.new_deadline()):
+                result = await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
             counters.fuse_done(op, started, exc.errno)
             raise
         except FSError as exc:
             counters.fuse_done(op, started, exc.errno)
+            if isinstance(exc, RemoteTimeout) and self._progress is not None:
+                self._note_timeout(repeat)
             level = logging.DEBUG if exc.errno in _QUIET else logging.WARNING
             if log.isEnabledFor(level):
                 log.log(level, "%s failed: errno=%s key=%s request_id=%s error=%s", op,
@@ -73,6 +86,13 @@ _BY_HANDLE = {"read", "write", "flush", "fsync", "release", "readdir", "released
 _WITH_NAME = {"lookup", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "create"}
 
 
+# The kernel asks again at once after some failures: a LOOKUP that fails while revalidating a
+# cached entry is followed by a fresh LOOKUP of the name, a failed read-ahead by a read of the
+# page.  The same request (op, inode or handle, name) arriving within this many seconds of
+# its timeout, with no answer from S3 since, gets the timeout again at once, so that the
+# system call ends within one `request_timeout`.
+_REPEAT = 2.0
+
 _QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EROFS, errno.EPERM}
 
 
@@ -89,11 +109,34 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.reraise_unexpected = False
         self.timeout = fs.cfg.stat_ttl
+        # one deadline per request (concurrency.Deadline): its S3 requests and waits end by it
+        client = getattr(getattr(fs, "core", None), "client", None)
+        self.new_deadline = client.deadline if client is not None else lambda: None
+        self._progress = client.progress if client is not None else None
+        # (op, inode or handle, name) -> trio time its request ended by a timeout (_REPEAT)
+        self._timed_out: dict[tuple, float] = {}
         # called once, before the first request is served: the kernel has applied FUSE's
         # INIT reply by then, and no file has been opened yet (mount.py: read-ahead)
         self.before_first_request: Callable[[], None] | None = None
         fs.invalidate_entry = self._invalidate_entry
         fs.invalidate_attrs = self._invalidate_attrs
+
+    def _note_timeout(self, repeat: tuple) -> None:
+        now = trio.current_time()
+        if len(self._timed_out) > 64:
+            self._timed_out = {k: t for k, t in self._timed_out.items() if now - t < _REPEAT}
+        self._timed_out[repeat] = now
+
+    def _repeated_timeout(self, repeat: tuple) -> None:
+        """RemoteTimeout at once for the kernel's second try of a request that just timed
+        out (see _REPEAT), unless S3 has answered the mount since."""
+        failed = self._timed_out.get(repeat)
+        if failed is None:
+            return
+        if trio.current_time() - failed < _REPEAT and self._progress.last < failed:
+            raise RemoteTimeout(f"{repeat[0]}: the same request timed out {trio.current_time() - failed:.1f} s "
+                                "ago and S3 has not answered since")
+        del self._timed_out[repeat]
 
     def _subject(self, op: str, args: tuple) -> str:
         """The S3 key a failed request concerned ('' if unknown).  Called only on
