@@ -85,19 +85,21 @@ async def run_all(jobs: Iterable[Job], limit: int) -> None:
 
 class Progress:
     """When S3 last answered the mount (any answer, errors included: the endpoint is alive).
-    Moves the cancel scopes of every `bounded()` block, at most once a second."""
+    Moves the cancel scopes of every `bounded()` block along, at most once a second (so a
+    scope may end up to a second before its deadline's exact time)."""
 
     STEP = 1.0
 
     def __init__(self) -> None:
         self.last = -math.inf
+        self._moved = -math.inf
         self.scopes: dict[trio.CancelScope, tuple[Deadline, float]] = {}
 
     def answered(self) -> None:
-        now = trio.current_time()
-        if now - self.last < self.STEP:
+        now = self.last = trio.current_time()
+        if now - self._moved < self.STEP or not self.scopes:
             return
-        self.last = now
+        self._moved = now
         for scope, (deadline, cap) in self.scopes.items():
             scope.deadline = min(cap, deadline.at)
 

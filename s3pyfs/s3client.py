@@ -80,7 +80,7 @@ from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
 from . import metrics
 from .budget import MemoryBudget
-from .concurrency import Deadline, Progress, bounded, run_all
+from .concurrency import Deadline, Progress, bounded, current_deadline, run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
@@ -406,8 +406,11 @@ class S3Client:
         and the latency start once it holds one."""
         started = time.perf_counter()
         try:
-            with bounded():                      # the system call's deadline, if any
+            if current_deadline() is None:
                 await self._slots.acquire()
+            else:
+                with bounded():                  # the system call's deadline
+                    await self._slots.acquire()
         except trio.TooSlowError:
             error = RemoteTimeout(f"{what}: no request slot free within {self.settings.request_timeout:g} s "
                                   f"(all {self.settings.max_connections} busy, S3 silent)")
