@@ -39,21 +39,24 @@ GIVE_UP = 120         # a call still blocked after this long counts as hung (it 
 @pytest.fixture(params=["blackhole", "sigstop"])
 def outage(request, seaweed, proxy):
     """`.url` to mount; `.begin()` makes the endpoint hang, `.end()` brings it back."""
-    state = {"stopped": False}
+    down = {"now": False}
     if request.param == "blackhole":
-        begin, end, url = proxy.stall, proxy.forward, proxy.url
+        url, hang, back = proxy.url, proxy.stall, proxy.forward
     else:
-        def begin():
-            os.kill(seaweed.proc.pid, signal.SIGSTOP)
-            state["stopped"] = True
-
-        def end():
-            os.kill(seaweed.proc.pid, signal.SIGCONT)
-            state["stopped"] = False
         url = seaweed.endpoint
+        hang = lambda: os.kill(seaweed.proc.pid, signal.SIGSTOP)     # noqa: E731
+        back = lambda: os.kill(seaweed.proc.pid, signal.SIGCONT)     # noqa: E731
+
+    def begin():
+        down["now"] = True
+        hang()
+
+    def end():
+        back()
+        down["now"] = False
     yield types.SimpleNamespace(url=url, begin=begin, end=end, kind=request.param)
-    if state["stopped"]:
-        os.kill(seaweed.proc.pid, signal.SIGCONT)
+    if down["now"]:             # a failed test: the endpoint comes back before the unmount
+        end()
 
 
 def blocked_call(fn) -> tuple[int | None, float]:
@@ -101,11 +104,11 @@ def test_each_call_gets_eio_within_one_request_timeout_and_dirty_data_survives(s
     finally:
         results["close of the dirty file"] = blocked_call(lambda: os.close(writer))
         os.close(reader)
+    outage.end()
+    print(outage.kind, {what: (code, round(took, 1)) for what, (code, took) in results.items()})
     late = {what: (code, round(took, 1)) for what, (code, took) in results.items()
             if code != errno.EIO or took >= BOUND}
     assert not late, f"{outage.kind}: calls without EIO within {BOUND} s: {late}"
-
-    outage.end()
     # the mount works again by itself, and the refused data was kept, not dropped
     assert wait_until(lambda: _lists(m.path / "unlisted"), timeout=60, interval=0.5)
     assert (m.path / "seen" / "unread").read_bytes() == b"never read"
