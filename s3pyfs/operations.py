@@ -10,8 +10,8 @@ Invariants:
   * Every request carries one deadline (`S3Client.deadline`: `request_timeout`
     after its start or the mount's last answer from S3) to all S3 requests and
     lock waits made for it, so a hung endpoint ends it with EIO in that time;
-    the kernel's immediate second try of a request that timed out fails at once
-    (`_REPEAT`), so the system call gets one bound, not two.
+    the kernel's immediate second try of a request that timed out gets only
+    `_REPEAT_BOUND` seconds, so the system call gets one bound, not two.
   * Kernel attribute and entry timeouts equal the stat cache TTL, so the kernel
     never trusts an attribute longer than the core would.
 """
@@ -29,7 +29,7 @@ import pyfuse3
 import trio
 
 from . import metrics
-from .concurrency import carrying
+from .concurrency import Deadline, carrying
 from .errors import FSError, RemoteTimeout
 from .filesystem import Filesystem
 from .inodes import ROOT_INODE, Node
@@ -51,10 +51,11 @@ def _guard(handler):
             hook, self.before_first_request = self.before_first_request, None
             hook()
         repeat = (op, args[0] if args else None, args[1] if op in _WITH_NAME and len(args) > 1 else None)
+        deadline = self.new_deadline()
+        if self._timed_out and deadline is not None:
+            self._shorten_repeat(repeat, deadline)
         try:
-            if self._timed_out:
-                self._repeated_timeout(repeat)
-            with carrying(self.new_deadline()):
+            with carrying(deadline):
                 result = await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
             counters.fuse_done(op, started, exc.errno)
@@ -88,10 +89,12 @@ _WITH_NAME = {"lookup", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename"
 
 # The kernel asks again at once after some failures: a LOOKUP that fails while revalidating a
 # cached entry is followed by a fresh LOOKUP of the name, a failed read-ahead by a read of the
-# page.  The same request (op, inode or handle, name) arriving within this many seconds of
-# its timeout, with no answer from S3 since, gets the timeout again at once, so that the
-# system call ends within one `request_timeout`.
+# page.  The same request (op, inode or handle, name) arriving within _REPEAT seconds of its
+# timeout, with no answer from S3 since, is given only _REPEAT_BOUND seconds, so that the
+# system call ends within one `request_timeout` (and that much more), not two.  It is still
+# sent: a program that tries again at once, as the endpoint comes back, is answered.
 _REPEAT = 2.0
+_REPEAT_BOUND = 2.0
 
 _QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EROFS, errno.EPERM}
 
@@ -127,16 +130,16 @@ class Operations(pyfuse3.Operations):
             self._timed_out = {k: t for k, t in self._timed_out.items() if now - t < _REPEAT}
         self._timed_out[repeat] = now
 
-    def _repeated_timeout(self, repeat: tuple) -> None:
-        """RemoteTimeout at once for the kernel's second try of a request that just timed
-        out (see _REPEAT), unless S3 has answered the mount since."""
+    def _shorten_repeat(self, repeat: tuple, deadline: Deadline) -> None:
+        """The kernel's second try of a request that just timed out (see _REPEAT) gets
+        `_REPEAT_BOUND` seconds, unless S3 has answered the mount since."""
         failed = self._timed_out.get(repeat)
         if failed is None:
             return
         if trio.current_time() - failed < _REPEAT and self._progress.last < failed:
-            raise RemoteTimeout(f"{repeat[0]}: the same request timed out {trio.current_time() - failed:.1f} s "
-                                "ago and S3 has not answered since")
-        del self._timed_out[repeat]
+            deadline.seconds = min(deadline.seconds, _REPEAT_BOUND)
+        else:
+            del self._timed_out[repeat]
 
     def _subject(self, op: str, args: tuple) -> str:
         """The S3 key a failed request concerned ('' if unknown).  Called only on

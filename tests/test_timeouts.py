@@ -32,7 +32,7 @@ from support import wait_until
 
 T = 6                 # request_timeout of these mounts
 FAST = f"retries=3,connect_timeout=1,readwrite_timeout=2,request_timeout={T},stat_cache_expire=0.5"
-BOUND = 1.5 * T + 2   # T, plus slack for the kernel and a loaded machine; the old code took 2 T or more
+BOUND = 1.5 * T + 2   # T (+ 2 s for the kernel's second try), slack for a loaded machine; the old code took 2 T
 GIVE_UP = 120         # a call still blocked after this long counts as hung (it is released at teardown)
 
 
@@ -218,10 +218,10 @@ class _HangingFs:
 
 
 @pytest.mark.trio
-async def test_the_kernels_second_lookup_after_a_timeout_fails_at_once(autojump_clock):
+async def test_the_kernels_second_lookup_after_a_timeout_gets_little_time(autojump_clock):
     """The kernel follows a LOOKUP that failed to revalidate a cached entry with a fresh
-    LOOKUP of the same name: that one fails at once (one bound per system call), until S3
-    answers again or a moment has passed."""
+    LOOKUP of the same name: that one gets 2 s, not another request_timeout (10 s here),
+    until S3 answers again.  It is still asked (the endpoint may just have come back)."""
     fs = _HangingFs()
     ops = Operations(fs)
     start = trio.current_time()
@@ -229,8 +229,8 @@ async def test_the_kernels_second_lookup_after_a_timeout_fails_at_once(autojump_
         with pytest.raises(pyfuse3.FUSEError) as info:
             await ops.lookup(1, b"name")
         assert info.value.errno == errno.EIO
-    assert trio.current_time() - start == pytest.approx(10) and fs.lookups == 1
-    fs.core.client.progress.answered()         # S3 answered since: the name is asked for again
+    assert trio.current_time() - start == pytest.approx(12) and fs.lookups == 2
+    fs.core.client.progress.answered()         # S3 answered since: a whole request_timeout again
     with pytest.raises(pyfuse3.FUSEError):
         await ops.lookup(1, b"name")
-    assert fs.lookups == 2 and trio.current_time() - start == pytest.approx(20)
+    assert fs.lookups == 3 and trio.current_time() - start == pytest.approx(22)
