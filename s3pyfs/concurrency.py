@@ -10,7 +10,7 @@ Invariants:
   * All jobs have finished or been cancelled when `run_all` returns or raises;
     cancellation from outside still propagates (trio re-raises Cancelled at the
     caller's next checkpoint if a job error was reported instead).
-  * A deadline is set per FUSE request (`carrying`, operations.py) in a context
+  * A deadline is set per FUSE request (`carry`/`drop`, operations.py) in a context
     variable, so the tasks a request starts with `run_all` (multipart parts)
     share it; background work (`background_spawner`) and the mount's own tasks
     (retries, drain) carry none.
@@ -108,6 +108,8 @@ class Deadline:
     """The bound of one system call: `seconds` after the later of its start and the
     mount's last answer from S3."""
 
+    __slots__ = ("seconds", "progress", "start")
+
     def __init__(self, seconds: float, progress: Progress):
         self.seconds = seconds
         self.progress = progress
@@ -125,9 +127,19 @@ def current_deadline() -> Deadline | None:
     return _current.get()
 
 
+def carry(deadline: Deadline | None) -> contextvars.Token:
+    """From now on (until `drop(token)`) S3 requests and waits of this task, and of the
+    tasks it starts (not background ones), end by `deadline`."""
+    return _current.set(deadline)
+
+
+def drop(token: contextvars.Token) -> None:
+    _current.reset(token)
+
+
 @contextlib.contextmanager
 def carrying(deadline: Deadline | None) -> Iterator[None]:
-    """Run the block (a FUSE request) with `deadline` for every S3 request in it."""
+    """Run the block with `deadline` for every S3 request in it."""
     token = _current.set(deadline)
     try:
         yield

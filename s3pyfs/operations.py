@@ -29,7 +29,7 @@ import pyfuse3
 import trio
 
 from . import metrics
-from .concurrency import Deadline, carrying
+from .concurrency import Deadline, carry, drop
 from .errors import FSError, RemoteTimeout
 from .filesystem import Filesystem
 from .inodes import ROOT_INODE, Node
@@ -50,20 +50,19 @@ def _guard(handler):
         if self.before_first_request is not None:
             hook, self.before_first_request = self.before_first_request, None
             hook()
-        repeat = (op, args[0] if args else None, args[1] if op in _WITH_NAME and len(args) > 1 else None)
         deadline = self.new_deadline()
         if self._timed_out and deadline is not None:
-            self._shorten_repeat(repeat, deadline)
+            self._shorten_repeat(_repeat_key(op, args), deadline)
+        token = carry(deadline)
         try:
-            with carrying(deadline):
-                result = await handler(self, *args, **kwargs)
+            result = await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
             counters.fuse_done(op, started, exc.errno)
             raise
         except FSError as exc:
             counters.fuse_done(op, started, exc.errno)
             if isinstance(exc, RemoteTimeout) and self._progress is not None:
-                self._note_timeout(repeat)
+                self._note_timeout(_repeat_key(op, args))
             level = logging.DEBUG if exc.errno in _QUIET else logging.WARNING
             if log.isEnabledFor(level):
                 log.log(level, "%s failed: errno=%s key=%s request_id=%s error=%s", op,
@@ -76,6 +75,8 @@ def _guard(handler):
             if self.reraise_unexpected:
                 raise
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            drop(token)
         counters.fuse_done(op, started)
         return result
     return wrapper
@@ -95,6 +96,10 @@ _WITH_NAME = {"lookup", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename"
 # sent: a program that tries again at once, as the endpoint comes back, is answered.
 _REPEAT = 2.0
 _REPEAT_BOUND = 2.0
+
+
+def _repeat_key(op: str, args: tuple) -> tuple:
+    return op, args[0] if args else None, args[1] if op in _WITH_NAME and len(args) > 1 else None
 
 _QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EROFS, errno.EPERM}
 
