@@ -188,8 +188,8 @@ class ClientSettings:
     static_keys: StaticKeys | None = None
     retries: int = 3
     connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    request_timeout: float = 30.0
+    read_timeout: float = 20.0
+    request_timeout: float = 45.0
     max_connections: int = 32                   # also the number of requests in flight (`_slots`)
     max_memory: int = 256 * 1024 * 1024         # bytes of part buffers, all transfers together
     # added to every request whose operation takes them (SSE, StorageClass, ACL, RequestPayer)
