@@ -402,8 +402,10 @@ class S3Client:
         `_worth_another_try` are tried again, all tries within the deadline.
         Every request is counted here (metrics.py): operation (first word of
         `what`), outcome, latency, `sent` body bytes, botocore's retries plus ours.
-        The call first takes a slot of the mount's request limiter; the deadline
-        and the latency start once it holds one."""
+        The call first takes a slot of the mount's request limiter (within the
+        system call's deadline, if one is carried); `request_timeout` and the
+        latency start once it holds one, and the system call's deadline still
+        applies."""
         started = time.perf_counter()
         try:
             if current_deadline() is None:
