@@ -7,6 +7,11 @@ Invariants:
     errno; any other exception is logged once with its traceback and answered
     with EIO, because an escaping exception ends pyfuse3.main() and with it the
     mount.  Tests may set `reraise_unexpected` to see such bugs directly.
+  * Every request carries one deadline (`S3Client.deadline`: `request_timeout`
+    after its start or the mount's last answer from S3) to all S3 requests and
+    lock waits made for it, so a hung endpoint ends it with EIO in that time;
+    the kernel's immediate second try of a request that timed out gets only
+    `_REPEAT_BOUND` seconds, so the system call gets one bound, not two.
   * Kernel attribute and entry timeouts equal the stat cache TTL, so the kernel
     never trusts an attribute longer than the core would.
 """
@@ -21,9 +26,11 @@ import time
 from typing import Callable
 
 import pyfuse3
+import trio
 
 from . import metrics
-from .errors import FSError
+from .concurrency import Deadline, carry, drop
+from .errors import FSError, RemoteTimeout
 from .filesystem import Filesystem
 from .inodes import ROOT_INODE, Node
 from .metadata import reported_mode, reported_owner
@@ -43,6 +50,10 @@ def _guard(handler):
         if self.before_first_request is not None:
             hook, self.before_first_request = self.before_first_request, None
             hook()
+        deadline = self.new_deadline()
+        if self._timed_out and deadline is not None:
+            self._shorten_repeat(_repeat_key(op, args), deadline)
+        token = carry(deadline)
         try:
             result = await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
@@ -50,6 +61,8 @@ def _guard(handler):
             raise
         except FSError as exc:
             counters.fuse_done(op, started, exc.errno)
+            if isinstance(exc, RemoteTimeout) and self._progress is not None:
+                self._note_timeout(_repeat_key(op, args))
             level = logging.DEBUG if exc.errno in _QUIET else logging.WARNING
             if log.isEnabledFor(level):
                 log.log(level, "%s failed: errno=%s key=%s request_id=%s error=%s", op,
@@ -62,6 +75,8 @@ def _guard(handler):
             if self.reraise_unexpected:
                 raise
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            drop(token)
         counters.fuse_done(op, started)
         return result
     return wrapper
@@ -72,6 +87,19 @@ _BY_HANDLE = {"read", "write", "flush", "fsync", "release", "readdir", "released
 # handlers whose second argument is a name in the directory given first
 _WITH_NAME = {"lookup", "mknod", "mkdir", "unlink", "rmdir", "symlink", "rename", "create"}
 
+
+# The kernel asks again at once after some failures: a LOOKUP that fails while revalidating a
+# cached entry is followed by a fresh LOOKUP of the name, a failed read-ahead by a read of the
+# page.  The same request (op, inode or handle, name) arriving within _REPEAT seconds of its
+# timeout, with no answer from S3 since, is given only _REPEAT_BOUND seconds, so that the
+# system call ends within one `request_timeout` (and that much more), not two.  It is still
+# sent: a program that tries again at once, as the endpoint comes back, is answered.
+_REPEAT = 2.0
+_REPEAT_BOUND = 2.0
+
+
+def _repeat_key(op: str, args: tuple) -> tuple:
+    return op, args[0] if args else None, args[1] if op in _WITH_NAME and len(args) > 1 else None
 
 _QUIET = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA, errno.ENOTSUP, errno.EROFS, errno.EPERM}
 
@@ -89,12 +117,35 @@ class Operations(pyfuse3.Operations):
         self.fs = fs
         self.reraise_unexpected = False
         self.timeout = fs.cfg.stat_ttl
+        # one deadline per request (concurrency.Deadline): its S3 requests and waits end by it
+        client = getattr(getattr(fs, "core", None), "client", None)
+        self.new_deadline = client.deadline if client is not None else lambda: None
+        self._progress = client.progress if client is not None else None
+        # (op, inode or handle, name) -> trio time its request ended by a timeout (_REPEAT)
+        self._timed_out: dict[tuple, float] = {}
         # called once, before the first request is served: the kernel has applied FUSE's
         # INIT reply by then, and no file has been opened yet (mount.py: read-ahead)
         self.before_first_request: Callable[[], None] | None = None
         fs.invalidate_entry = self._invalidate_entry
         fs.invalidate_entry_now = self._invalidate_entry_now
         fs.invalidate_attrs = self._invalidate_attrs
+
+    def _note_timeout(self, repeat: tuple) -> None:
+        now = trio.current_time()
+        if len(self._timed_out) > 64:
+            self._timed_out = {k: t for k, t in self._timed_out.items() if now - t < _REPEAT}
+        self._timed_out[repeat] = now
+
+    def _shorten_repeat(self, repeat: tuple, deadline: Deadline) -> None:
+        """The kernel's second try of a request that just timed out (see _REPEAT) gets
+        `_REPEAT_BOUND` seconds, unless S3 has answered the mount since."""
+        failed = self._timed_out.get(repeat)
+        if failed is None:
+            return
+        if trio.current_time() - failed < _REPEAT and self._progress.last < failed:
+            deadline.seconds = min(deadline.seconds, _REPEAT_BOUND)
+        else:
+            del self._timed_out[repeat]
 
     def _subject(self, op: str, args: tuple) -> str:
         """The S3 key a failed request concerned ('' if unknown).  Called only on

@@ -135,8 +135,8 @@ OPTIONS: tuple[Option, ...] = (
     # --- requests
     Option("retries", "retries", v.whole(1, 20), "attempts of one S3 request, including the first (default 3)"),
     Option("connect_timeout", "connect_timeout", v.number(0.1, 600), "seconds to connect to the endpoint (default 5)"),
-    Option("readwrite_timeout", "readwrite_timeout", v.number(0.1, 3600), "seconds of silence on a connection before it is given up (default 30)"),
-    Option("request_timeout", "request_timeout", v.number(1, 86400), "upper bound in seconds of one S3 call with all its retries (default 120)"),
+    Option("readwrite_timeout", "readwrite_timeout", v.number(0.1, 3600), "seconds of silence on a connection before the try is given up and made again, within request_timeout (default 20)"),
+    Option("request_timeout", "request_timeout", v.number(1, 86400), "seconds after which a system call waiting for S3 fails with EIO when S3 has not answered meanwhile (retries, parts and lock waits included), and the longest one S3 request may take (default 45)"),
     Option("read_ahead_kb", "read_ahead_kb", v.whole(0, 1024 * 1024), "KiB the kernel reads ahead of sequential readers of this mount (default 1024; 0 keeps the kernel's 128); needs root"),
     Option("drain_timeout", "drain_timeout", v.number(1, 86400), "seconds unmount/SIGTERM (and recovery at start) spend uploading dirty data (default 120); what is left stays in the journal for the next mount"),
     # --- log
@@ -262,8 +262,8 @@ class MountOptions:
     max_stat_cache_size: int = 100_000
     retries: int = 3
     connect_timeout: float = 5.0
-    readwrite_timeout: float = 30.0
-    request_timeout: float = 120.0
+    readwrite_timeout: float = 20.0
+    request_timeout: float = 45.0
     drain_timeout: float = 120.0
     read_ahead_kb: int = 1024
     logfile: str | None = None

@@ -23,7 +23,8 @@ Model:
     never waits for a gate, so a rename can take the locks of files below its
     directory (to upload their dirty data) without deadlock.
 
-Only the trio thread uses this module.  Nothing here touches S3 or disk.
+Waits for gates and locks end with RemoteTimeout at the system call's deadline
+(concurrency.waiting).  Only the trio thread uses this module.  Nothing here touches S3 or disk.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import AsyncIterator
 
 import trio
 
+from .concurrency import waiting
 from .inodes import ROOT_INODE, InodeTable, Node
 
 
@@ -101,23 +103,24 @@ class Owners:
         them is in progress.  Read keys inside the block."""
         order = sorted({n.ino for n in lock})
         everything = tuple(nodes) + tuple(lock)
-        while True:
-            gate = self._gate_for(everything)
-            if gate is not None:
-                await gate.wait()
-                continue
-            locks = [self._lock(ino) for ino in order]
-            taken: list[int] = []
-            try:
-                for ino, each in zip(order, locks):
-                    await each.acquire()
-                    taken.append(ino)
-            except BaseException:
-                self._release_locks(taken, order)
-                raise
-            if self._gate_for(everything) is None:
-                break
-            self._release_locks(taken, order)      # a rename began while we waited: go around
+        with waiting("another upload, rename or copy of this file"):   # the system call's deadline
+            while True:
+                gate = self._gate_for(everything)
+                if gate is not None:
+                    await gate.wait()
+                    continue
+                locks = [self._lock(ino) for ino in order]
+                taken: list[int] = []
+                try:
+                    for ino, each in zip(order, locks):
+                        await each.acquire()
+                        taken.append(ino)
+                except BaseException:
+                    self._release_locks(taken, order)
+                    raise
+                if self._gate_for(everything) is None:
+                    break
+                self._release_locks(taken, order)      # a rename began while we waited: go around
         for n in everything:
             self._busy[n.ino] = self._busy.get(n.ino, 0) + 1
         try:

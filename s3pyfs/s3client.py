@@ -5,15 +5,19 @@ backend on an asyncio loop in a dedicated thread (`loop_thread.LoopThread`);
 every call is handed over from trio and awaited there.  ARCHITECTURE.md has
 the measurement that chose this over aiobotocore's httpx backend on trio.
 Invariants:
-  * Every public coroutine finishes within `request_timeout` seconds (all
-    retries included) of holding a request slot, or raises `RemoteTimeout`;
-    botocore's standard retry mode retries throttling, 5xx and connection
-    errors up to `retries` tries.
+  * Every request finishes within `request_timeout` seconds (all retries
+    included) of holding a request slot, or raises `RemoteTimeout`; botocore's
+    standard retry mode retries throttling, 5xx and connection errors up to
+    `retries` tries.  Made for a system call (a FUSE request carrying a
+    `concurrency.Deadline`), it also ends by that deadline, the wait for a slot
+    included: one bound for all the requests, retries and parts of the call.
+    Every answer (an S3 error too) moves the mount's `progress`.
   * One request limiter for the whole mount (`_slots`, a trio CapacityLimiter
     of `max_connections`, the size of the HTTP connection pool): every
-    request runs in `_do` holding a slot, and the deadline starts once the
-    slot is held, so waiting for a slot (or, with a pool as large, for a
-    pooled connection) never counts against `request_timeout`.  A slot is
+    request runs in `_do` holding a slot, and the request's own deadline
+    starts once the slot is held (a system call's deadline counts the wait:
+    a call queued behind busy slots while S3 answers nothing ends with
+    EIO too; while S3 answers, its deadline moves on).  A slot is
     held only around one request (with its own retries), never while
     waiting for anything else, so a task holding a slot never waits for
     another one.  Fan-out limits (`concurrency.run_all`) stay per operation.
@@ -87,7 +91,7 @@ from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
 from . import checksums, metrics, s3get
 from .budget import MemoryBudget
-from .concurrency import run_all
+from .concurrency import Deadline, Progress, bounded, current_deadline, run_all
 from .credentials import StaticKeys
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
@@ -195,8 +199,8 @@ class ClientSettings:
     static_keys: StaticKeys | None = None
     retries: int = 3
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    request_timeout: float = 120.0
+    read_timeout: float = 20.0
+    request_timeout: float = 45.0
     max_connections: int = 32                   # also the number of requests in flight (`_slots`)
     max_memory: int = 256 * 1024 * 1024         # bytes of part buffers, all transfers together
     # added to every request whose operation takes them (SSE, StorageClass, ACL, RequestPayer)
@@ -419,6 +423,7 @@ class S3Client:
         self.enforced: dict[str, bool | None] = {"put": None, "complete": None}
         self._probing = False
         self._slots = trio.CapacityLimiter(max(1, settings.max_connections))
+        self.progress = Progress()     # when S3 last answered: moves the system calls' deadlines
         self.memory = MemoryBudget(settings.max_memory)
         raw = client._client if isinstance(client, _WithRequestArgs) else client
         self._fast = FastPath(raw, settings.bucket, settings.request_args)
@@ -436,16 +441,32 @@ class S3Client:
         `_worth_another_try` are tried again, all tries within the deadline.
         Every request is counted here (metrics.py): operation (first word of
         `what`), outcome, latency, `sent` body bytes, botocore's retries plus ours.
-        The call first takes a slot of the mount's request limiter; the deadline
-        and the latency start once it holds one."""
-        async with self._slots:
+        The call first takes a slot of the mount's request limiter (within the
+        system call's deadline, if one is carried); `request_timeout` and the
+        latency start once it holds one, and the system call's deadline still
+        applies."""
+        started = time.perf_counter()
+        try:
+            if current_deadline() is None:
+                await self._slots.acquire()
+            else:
+                with bounded():                  # the system call's deadline
+                    await self._slots.acquire()
+        except trio.TooSlowError:
+            error = RemoteTimeout(f"{what}: no request slot free within {self.settings.request_timeout:g} s "
+                                  f"(all {self.settings.max_connections} busy, S3 silent)")
+            metrics.counters.s3_done(what, "timeout", started, message=str(error))
+            raise error from None
+        try:
             return await self._do_in_slot(what, op, sent, check)
+        finally:
+            self._slots.release()
 
     async def _do_in_slot(self, what, op, sent, check) -> Any:
         started = time.perf_counter()
         ours = 0
         try:
-            with trio.fail_after(self.settings.request_timeout):
+            with bounded(trio.current_time() + self.settings.request_timeout):
                 while True:
                     try:
                         result = await self._loop.run(op())
@@ -463,6 +484,8 @@ class S3Client:
             metrics.counters.s3_done(what, "timeout", started, message=str(error))
             raise error from None
         except (ClientError, BotoCoreError, BadAnswer) as exc:
+            if isinstance(exc, (ClientError, BadAnswer)):
+                self.progress.answered()         # an answer, if not the one wanted
             error = _translate(exc, what)
             outcome = (_error_code(exc) if isinstance(exc, ClientError)
                        else "damaged" if isinstance(exc, BadAnswer) else "connection")
@@ -476,8 +499,14 @@ class S3Client:
         except trio.Cancelled:
             metrics.counters.s3_done(what, "cancelled", started)
             raise
+        self.progress.answered()
         metrics.counters.s3_done(what, "ok", started, sent, _retries(result) + ours)
         return result
+
+    def deadline(self) -> Deadline:
+        """A new bound for one system call (operations.py): `request_timeout` seconds after
+        the later of now and the mount's last answer from S3 (concurrency.Deadline)."""
+        return Deadline(self.settings.request_timeout, self.progress)
 
     def _etag_not_md5(self, what: str, etag: str, digest: str) -> None:
         """Some stores (e.g. with encryption or compression) give plain-looking ETags that are

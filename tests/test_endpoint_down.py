@@ -12,7 +12,8 @@ from support import timed
 
 pytestmark = pytest.mark.mounted
 
-BOUND = 20   # seconds: retries=2, connect_timeout=1, readwrite_timeout=2, request_timeout=4 (+ kernel slack)
+# request_timeout=4 bounds each system call (tests/test_timeouts.py), plus slack for a loaded machine
+BOUND = 10
 
 
 @pytest.mark.parametrize("failure", ["refuse", "stall"])
@@ -27,7 +28,7 @@ def test_unreachable_endpoint_gives_eio_then_recovers(s3, bucket, mount, proxy, 
     code, took = timed(lambda: os.listdir(m.path / "other"))
     assert code == errno.EIO and took < BOUND, (code, took)
     code, took = timed(lambda: (m.path / "new").write_bytes(b"x"))
-    assert code == errno.EIO and took < 2 * BOUND, (code, took)
+    assert code == errno.EIO and took < BOUND, (code, took)
     proxy.forward()
     assert (m.path / "other" / "file").read_bytes() == b"payload"    # same mount works again
     assert m.proc.poll() is None
