@@ -445,6 +445,15 @@ class S3Client:
         system call's deadline, if one is carried); `request_timeout` and the
         latency start once it holds one, and the system call's deadline still
         applies."""
+        await self._take_slot(what)
+        try:
+            return await self._do_in_slot(what, op, sent, check)
+        finally:
+            self._slots.release()
+
+    async def _take_slot(self, what: str) -> None:
+        """A slot of the mount's request limiter, waited for within the system call's
+        deadline if one is carried (RemoteTimeout when it passes first)."""
         started = time.perf_counter()
         try:
             if current_deadline() is None:
@@ -457,10 +466,6 @@ class S3Client:
                                   f"(all {self.settings.max_connections} busy, S3 silent)")
             metrics.counters.s3_done(what, "timeout", started, message=str(error))
             raise error from None
-        try:
-            return await self._do_in_slot(what, op, sent, check)
-        finally:
-            self._slots.release()
 
     async def _do_in_slot(self, what, op, sent, check) -> Any:
         started = time.perf_counter()
@@ -592,43 +597,54 @@ class S3Client:
         `_do`), or FALLBACK when that path cannot answer (then botocore's does)."""
         what = f"GET {key} bytes={start}-{end - 1}"
         wrong: set[str] = set()
-        async with self._slots:
-            started = time.perf_counter()
-            ours = 0
-            try:
-                with trio.fail_after(self.settings.request_timeout):
-                    while True:
-                        try:
-                            result = await self._lean.get(key, start, end, etag)
-                            if result is s3get.FALLBACK:
-                                return FALLBACK
-                            data, headers = result
-                            r = _lean_answer(headers, len(data))
-                            if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
-                                raise ObjectChanged(f"{what}: {_CHANGED}")
-                            await self._check_body(what, r, data, wrong)
-                            break
-                        except (s3get.Truncated, DamagedBody) as exc:
-                            if ours + 1 >= self.settings.retries:
-                                raise DamagedBody(f"{what}: {exc}") from None
-                            ours += 1
-                            log.info("%s: %s; trying again (%d of %d)", what, exc, ours + 1, self.settings.retries)
-                            await trio.sleep(_backoff(ours))
-            except trio.TooSlowError:
-                error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
-                metrics.counters.s3_done(what, "timeout", started, message=str(error))
-                raise error from None
-            except s3get.Changed:
-                error = Conflict(f"{what}: {_CHANGED}")
-                metrics.counters.s3_done(what, "412", started, retries=ours, message=str(error))
-                raise error from None
-            except BadAnswer as exc:
-                error = _translate(exc, what)
-                metrics.counters.s3_done(what, "damaged", started, retries=ours, message=str(error))
-                raise error from None
-            except trio.Cancelled:
-                metrics.counters.s3_done(what, "cancelled", started)
-                raise
+        await self._take_slot(what)
+        try:
+            return await self._get_lean_in_slot(what, key, start, end, etag, wrong)
+        finally:
+            self._slots.release()
+
+    async def _get_lean_in_slot(self, what: str, key: str, start: int, end: int, etag: str | None,
+                                wrong: set[str]):
+        """The lean GET within its slot: request_timeout from now, cut by the system call's
+        deadline (concurrency.bounded); answers move the mount's progress like `_do`'s."""
+        started = time.perf_counter()
+        ours = 0
+        try:
+            with bounded(trio.current_time() + self.settings.request_timeout):
+                while True:
+                    try:
+                        result = await self._lean.get(key, start, end, etag)
+                        if result is s3get.FALLBACK:
+                            return FALLBACK
+                        data, headers = result
+                        self.progress.answered()     # an answer: moves system calls' deadlines
+                        r = _lean_answer(headers, len(data))
+                        if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
+                            raise ObjectChanged(f"{what}: {_CHANGED}")
+                        await self._check_body(what, r, data, wrong)
+                        break
+                    except (s3get.Truncated, DamagedBody) as exc:
+                        if ours + 1 >= self.settings.retries:
+                            raise DamagedBody(f"{what}: {exc}") from None
+                        ours += 1
+                        log.info("%s: %s; trying again (%d of %d)", what, exc, ours + 1, self.settings.retries)
+                        await trio.sleep(_backoff(ours))
+        except trio.TooSlowError:
+            error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
+            metrics.counters.s3_done(what, "timeout", started, message=str(error))
+            raise error from None
+        except s3get.Changed:
+            self.progress.answered()
+            error = Conflict(f"{what}: {_CHANGED}")
+            metrics.counters.s3_done(what, "412", started, retries=ours, message=str(error))
+            raise error from None
+        except BadAnswer as exc:
+            error = _translate(exc, what)
+            metrics.counters.s3_done(what, "damaged", started, retries=ours, message=str(error))
+            raise error from None
+        except trio.Cancelled:
+            metrics.counters.s3_done(what, "cancelled", started)
+            raise
         metrics.counters.s3_done(what, "ok", started, 0, ours)
         metrics.counters.s3_received(len(data))
         return data
