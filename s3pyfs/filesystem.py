@@ -52,7 +52,7 @@ RENAME_EXCHANGE = 2
 LISTING_HEADS = 32          # parallel HEADs while listing a directory
 MAX_SPECIAL_FILE_SIZE = 4096  # larger objects cannot be symlinks (PATH_MAX) or FIFOs
 TREE_LISTING_LIMIT = 20_000   # keys of one recursive listing that primes subdirectory listings
-PREFETCH_LIMIT = 2_000        # names whose headers one directory's prefetch fetches ahead of a walk
+PREFETCH_LIMIT = 256          # files whose headers one directory's prefetch fetches ahead of a walk
 
 
 class Filesystem:
@@ -228,9 +228,9 @@ class Filesystem:
             # served from an ancestor's recursive listing: a tree walk (find, du, ls -R) is
             # under way and reads this directory's subdirectories and its siblings next
             parent = self.core.inodes.get(directory.parent) if directory.attached() else None
-            for walked, after in ((directory, ""), (parent, directory.name)):
-                if walked is not None and self.core.cache.claim_prefetch(self.core.inodes.dir_prefix(walked)):
-                    self.core.spawn(self._prefetch, walked, after)
+            self.core.spawn(self._prefetch, directory, "")
+            if parent is not None:
+                self.core.spawn(self._prefetch, parent, directory.name)
         names = set(listing)
         for child in self.core.inodes.children_of(directory.ino):
             if not child.in_s3 or child.staging is not None:
@@ -306,34 +306,35 @@ class Filesystem:
                 self.core.cache.remember_listing(prefix, entries, primed=True)
 
     async def _prefetch(self, directory: Node, after: str) -> None:
-        """Fetch the headers of the entries of `directory`'s subdirectories named after
-        `after`, in name order (background, bounded, at most PREFETCH_LIMIT names), from
+        """Fetch the headers of the files in `directory`'s subdirectories named after
+        `after`, in name order (background, bounded: the subdirectories not prefetched yet,
+        up to PREFETCH_LIMIT files; a sliding window as the walk moves on), from
         their cached listings, so that a walk's readdir of each finds fresh nodes instead
-        of waiting for one round of HEADs there.  Through `core.resolve*`: a name is
-        fetched once, whoever asks first."""
+        of waiting for one round of HEADs there.  Through `core.resolve_listed_file`: a
+        name is fetched once, whoever asks first.  Directories are left to their parent's
+        readdir (typed by the listing, headers in the background: `_verify`); the window
+        is small so that what is fetched is still fresh (stat_ttl) when the walk gets there."""
         jobs = []
         subdirs = sorted((n for n in self.core.inodes.children_of(directory.ino) if n.is_dir and n.name > after),
                          key=lambda n: n.name)
         for sub in subdirs:
             if len(jobs) >= PREFETCH_LIMIT:
                 break
+            if not self.core.cache.claim_prefetch(self.core.inodes.dir_prefix(sub)):
+                continue                          # done already (once per stat_ttl)
             listing = self.core.cache.listing(self.core.inodes.dir_prefix(sub), max_age=self.core.cfg.stat_ttl)
-            for name, entry in sorted((listing or {}).items())[:PREFETCH_LIMIT - len(jobs)]:
+            for name, entry in sorted((listing or {}).items()):
                 node = self.core.inodes.child(sub.ino, name)
-                if node is None or not self.core.fresh(node):
-                    jobs.append(functools.partial(self._fetch_one, sub, name, entry))
+                if not entry.is_dir and (node is None or not self.core.fresh(node)) and len(jobs) < PREFETCH_LIMIT:
+                    jobs.append(functools.partial(self._fetch_one, sub, name))
 
         try:
             await run_all(jobs, LISTING_HEADS)
         except (FSError, KeyError) as exc:      # what is missing is fetched when asked for
             log.debug("prefetch below %s stopped: %s", directory.name, exc)
 
-    async def _fetch_one(self, directory: Node, name: str, entry: ListedEntry) -> None:
-        if not directory.attached():
-            return
-        if entry.is_dir:
-            await self.core.resolve(directory, name)
-        else:
+    async def _fetch_one(self, directory: Node, name: str) -> None:
+        if directory.attached():
             await self.core.resolve_listed_file(directory, name)
 
     async def _verify(self, directory: Node, names: list[str]) -> None:

@@ -110,8 +110,8 @@ class StatCache:
         return dir_prefix in self._large
 
     def claim_prefetch(self, dir_prefix: str) -> bool:
-        """True once per `ttl` for a directory: its subdirectories' entries are to be
-        fetched ahead of a tree walk now (filesystem.py); False if that was done already."""
+        """True once per `ttl` for a directory: its files' headers are to be fetched ahead
+        of a tree walk now (filesystem.py); False if that was done already."""
         if not self.enabled or dir_prefix in self._walked:
             return False
         self._walked[dir_prefix] = True

@@ -206,3 +206,37 @@ def test_find_and_du_walk_a_tree_once(s3, bucket, mount):
     dir_sizes = sum(os.stat(m.path / "tree" / d).st_size for d in ("a", "a/x", "a/y", "b", "c", "c/z")) + \
         os.stat(m.path / "tree").st_size
     assert int(du) == sum(files.values()) + 2 + dir_sizes
+
+
+# ---------------------------------------------------------------------------- 200 bodies
+
+def _op(name: str):
+    client = boto3.client("s3", endpoint_url="http://127.0.0.1:9", aws_access_key_id="a",
+                          aws_secret_access_key="b", region_name="us-east-1")
+    return client.meta.service_model.operation_model(name)
+
+
+@pytest.mark.parametrize("body, status", [
+    (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name></ListBucketResult>\n', 200),
+    (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name><Contents><Key>a', 500),
+    (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code></Error>', 500),
+    (b"", 500),
+])
+def test_listing_cut_short_or_an_error_document_is_a_500(body, status):
+    """A listing's body is judged by its closing tag (no second XML parse): complete ->
+    kept; cut short in transit or an <Error> document -> 500, which botocore retries."""
+    from s3pyfs.s3client import check_200_body
+    response = {"status_code": 200, "body": body, "headers": {}}
+    check_200_body(_op("ListObjectsV2"), response)
+    assert response["status_code"] == status
+
+
+def test_other_operations_keep_botocores_200_error_check():
+    from s3pyfs.s3client import check_200_body
+    response = {"status_code": 200, "headers": {},
+                "body": b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code></Error>'}
+    check_200_body(_op("CopyObject"), response)
+    assert response["status_code"] == 500
+    fine = {"status_code": 200, "headers": {}, "body": b"<CopyObjectResult><ETag>x</ETag></CopyObjectResult>"}
+    check_200_body(_op("CopyObject"), fine)
+    assert fine["status_code"] == 200
