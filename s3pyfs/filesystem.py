@@ -17,6 +17,10 @@ Invariants:
   * A new regular file gets its Content-Type from its name (content_types.py).
   * Every await is a trio checkpoint; bookkeeping that must be atomic
     (inode table moves, cache invalidation) happens between awaits.
+  * readdir answers from one listing snapshot per handle.  Headers are fetched
+    through `core.resolve*` only (one fetch per name at a time), also those
+    fetched ahead of a tree walk (`_prefetch`), so a prefetched node is an
+    ordinary node: fresh for stat_ttl, then fetched or revalidated again.
 """
 
 from __future__ import annotations
