@@ -101,7 +101,8 @@ async def test_tree_walk_fetches_headers_ahead_of_the_walker(moto_server, moto_b
 # ---------------------------------------------------------------------------- mounted
 
 def scrape(port: int) -> dict[str, float]:
-    """{operation: ok requests} of the mount's S3 request counter."""
+    """{operation: requests} of the mount's S3 request counter, and "inodes": the inodes
+    the mount holds for the kernel."""
     from prometheus_client.parser import text_string_to_metric_families
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
@@ -110,6 +111,8 @@ def scrape(port: int) -> dict[str, float]:
         for s in fam.samples:
             if s.name == "s3pyfs_s3_requests_total":
                 found[s.labels["operation"]] = found.get(s.labels["operation"], 0) + s.value
+            if s.name == "s3pyfs_inodes":
+                found["inodes"] = s.value
     return found
 
 
@@ -151,9 +154,15 @@ def test_ls_l_shows_s3fs_metadata_with_bounded_requests(s3, bucket, mount):
     assert delta(after, before, "HEAD") <= n + 3 + 5
     assert delta(after, before, "LIST") <= 4
     assert delta(after, before, "GET") <= 1                 # the link's target
+    held = scrape(port)
     again = ls_l(m.path / "d")
     assert again == rows
-    assert delta(scrape(port), after, "HEAD") == 0          # within stat_cache_expire: no request
+    if held["inodes"] >= n + 3:
+        assert delta(scrape(port), held, "HEAD") == 0       # within stat_cache_expire: no request
+    else:
+        # the kernel forgot the inodes meanwhile (memory pressure, or drop_caches by another
+        # program on this machine): their attributes went with them, so they are fetched again
+        assert delta(scrape(port), held, "HEAD") <= n + 3
 
 
 @pytest.mark.mounted
