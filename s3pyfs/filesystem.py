@@ -324,10 +324,11 @@ class Filesystem:
         for sub in subdirs:
             if len(jobs) >= PREFETCH_LIMIT:
                 break
-            if not self.core.cache.claim_prefetch(self.core.inodes.dir_prefix(sub)):
-                continue                          # done already (once per stat_ttl)
-            listing = self.core.cache.listing(self.core.inodes.dir_prefix(sub), max_age=self.core.cfg.stat_ttl)
-            for name, entry in sorted((listing or {}).items()):
+            prefix = self.core.inodes.dir_prefix(sub)
+            listing = self.core.cache.listing(prefix, max_age=self.core.cfg.stat_ttl)
+            if listing is None or not self.core.cache.claim_prefetch(prefix):
+                continue                          # not listed, or done already (once per stat_ttl)
+            for name, entry in sorted(listing.items()):
                 node = self.core.inodes.child(sub.ino, name)
                 if not entry.is_dir and (node is None or not self.core.fresh(node)) and len(jobs) < PREFETCH_LIMIT:
                     jobs.append(functools.partial(self._fetch_one, sub, name))

@@ -403,8 +403,8 @@ class S3Client:
         raw = client._client if isinstance(client, _WithRequestArgs) else client
         self._fast = FastPath(raw, settings.bucket, settings.request_args)
         # botocore parses every 200 body once more only to see whether it is an <Error>
-        # document: for a 1,000-key listing that doubled the XML work (about 2/3 of a
-        # listing's parse CPU); listings get a check of the closing tag instead
+        # document; listings get a check of their closing tag instead (listing CPU per
+        # 1,000 keys 0.061 -> 0.054 s, ARCHITECTURE.md "Performance")
         raw.meta.events.unregister("before-parse.s3.*", _botocore_handlers._handle_200_error)
         raw.meta.events.register_first("before-parse.s3.*", check_200_body)
 
