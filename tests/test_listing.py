@@ -77,8 +77,9 @@ async def test_tree_walk_fetches_headers_ahead_of_the_walker(moto_server, moto_b
         t = await fs.lookup(ROOT_INODE, "t")
         top = await readdir(t)                        # starts the recursive listing of t/
         assert sorted(top) == ["a", "b", "c", "d"]
-        with trio.fail_after(30):
-            while fs.core._tree_listings:
+        with trio.fail_after(30):             # the recursive listing, and the directories'
+            while fs.core._tree_listings or fs.core._resolving or \
+                    not all(fs.fresh(top[d]) for d in "abcd"):      # marker HEADs (background)
                 await trio.sleep(0.02)
         first = _heads()
         assert len(await readdir(top["a"])) == 8      # served from the recursive listing: a walk
