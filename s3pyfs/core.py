@@ -238,6 +238,21 @@ class Core:
         """The child `name` of `parent`, refreshed from S3 when stale; None if absent.
 
         Concurrent resolutions of one name share a single probe."""
+        return await self._shared(parent, name, lambda node: self._probe(parent, name, node))
+
+    async def resolve_listed_file(self, parent: Node, name: str) -> Node | None:
+        """Like `resolve` for a name a fresh listing showed as an object: a single HEAD
+        (shared with any resolution of the name already under way)."""
+        async def head(node: Node | None) -> Node | None:
+            info = await self.client.head(self.inodes.key_for(parent, name))
+            if info is None:
+                return await self._probe(parent, name, node)     # changed since the listing
+            return self.apply_found(parent, name, namespace.classify_file(info))
+        return await self._shared(parent, name, head)
+
+    async def _shared(self, parent: Node, name: str, fetch) -> Node | None:
+        """The fresh child `name`, or `await fetch(stale node or None)`; one fetch per name
+        at a time: a caller arriving meanwhile waits for it and takes its result."""
         node = self.inodes.child(parent.ino, name)
         if node is not None and self.fresh(node):
             return node
@@ -249,21 +264,11 @@ class Core:
                 return node
         done = self._resolving[(parent.ino, name)] = trio.Event()
         try:
-            return await self._probe(parent, name, node)
+            return await fetch(node)
         finally:
             if self._resolving.get((parent.ino, name)) is done:
                 del self._resolving[(parent.ino, name)]
             done.set()
-
-    async def resolve_listed_file(self, parent: Node, name: str) -> Node | None:
-        """Like `_resolve` for a name a fresh listing showed as an object: a single HEAD."""
-        node = self.inodes.child(parent.ino, name)
-        if node is not None and self.fresh(node):
-            return node
-        info = await self.client.head(self.inodes.key_for(parent, name))
-        if info is None:
-            return await self.resolve(parent, name)        # changed since the listing
-        return self.apply_found(parent, name, namespace.classify_file(info))
 
     async def _probe(self, parent: Node, name: str, node: Node | None) -> Node | None:
         dir_prefix = self.inodes.dir_prefix(parent)

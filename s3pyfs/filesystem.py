@@ -17,6 +17,10 @@ Invariants:
   * A new regular file gets its Content-Type from its name (content_types.py).
   * Every await is a trio checkpoint; bookkeeping that must be atomic
     (inode table moves, cache invalidation) happens between awaits.
+  * readdir answers from one listing snapshot per handle.  Headers are fetched
+    through `core.resolve*` only (one fetch per name at a time), also those
+    fetched ahead of a tree walk (`_prefetch`), so a prefetched node is an
+    ordinary node: fresh for stat_ttl, then fetched or revalidated again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ RENAME_EXCHANGE = 2
 LISTING_HEADS = 32          # parallel HEADs while listing a directory
 MAX_SPECIAL_FILE_SIZE = 4096  # larger objects cannot be symlinks (PATH_MAX) or FIFOs
 TREE_LISTING_LIMIT = 20_000   # keys of one recursive listing that primes subdirectory listings
+PREFETCH_LIMIT = 256          # files whose headers one directory's prefetch fetches ahead of a walk
 
 
 class Filesystem:
@@ -234,6 +239,13 @@ class Filesystem:
         """The entries, sorted, and the inodes whose headers this listing verified."""
         dir_prefix = self.core.inodes.dir_prefix(directory)
         listed_at, listing = await self._listing_for_readdir(dir_prefix)
+        if self.core.spawn is not None and self.core.cache.was_primed(dir_prefix):
+            # served from an ancestor's recursive listing: a tree walk (find, du, ls -R) is
+            # under way and reads this directory's subdirectories and its siblings next
+            parent = self.core.inodes.get(directory.parent) if directory.attached() else None
+            self.core.spawn(self._prefetch, directory, "")
+            if parent is not None:
+                self.core.spawn(self._prefetch, parent, directory.name)
         names = set(listing)
         for child in self.core.inodes.children_of(directory.ino):
             if not child.in_s3 or child.staging is not None:
@@ -306,7 +318,40 @@ class Filesystem:
             return                                # too large, failed, or raced a local change
         for prefix, entries in tree.items():
             if prefix != dir_prefix and self.core.cache.listing(prefix, max_age=self.core.cfg.stat_ttl) is None:
-                self.core.cache.remember_listing(prefix, entries)
+                self.core.cache.remember_listing(prefix, entries, primed=True)
+
+    async def _prefetch(self, directory: Node, after: str) -> None:
+        """Fetch the headers of the files in `directory`'s subdirectories named after
+        `after`, in name order (background, bounded: the subdirectories not prefetched yet,
+        up to PREFETCH_LIMIT files; a sliding window as the walk moves on), from
+        their cached listings, so that a walk's readdir of each finds fresh nodes instead
+        of waiting for one round of HEADs there.  Through `core.resolve_listed_file`: a
+        name is fetched once, whoever asks first.  Directories are left to their parent's
+        readdir (typed by the listing, headers in the background: `_verify`); the window
+        is small so that what is fetched is still fresh (stat_ttl) when the walk gets there."""
+        jobs = []
+        subdirs = sorted((n for n in self.core.inodes.children_of(directory.ino) if n.is_dir and n.name > after),
+                         key=lambda n: n.name)
+        for sub in subdirs:
+            if len(jobs) >= PREFETCH_LIMIT:
+                break
+            prefix = self.core.inodes.dir_prefix(sub)
+            listing = self.core.cache.listing(prefix, max_age=self.core.cfg.stat_ttl)
+            if listing is None or not self.core.cache.claim_prefetch(prefix):
+                continue                          # not listed, or done already (once per stat_ttl)
+            for name, entry in sorted(listing.items()):
+                node = self.core.inodes.child(sub.ino, name)
+                if not entry.is_dir and (node is None or not self.core.fresh(node)) and len(jobs) < PREFETCH_LIMIT:
+                    jobs.append(functools.partial(self._fetch_one, sub, name))
+
+        try:
+            await run_all(jobs, LISTING_HEADS)
+        except (FSError, KeyError) as exc:      # what is missing is fetched when asked for
+            log.debug("prefetch below %s stopped: %s", directory.name, exc)
+
+    async def _fetch_one(self, directory: Node, name: str) -> None:
+        if directory.attached():
+            await self.core.resolve_listed_file(directory, name)
 
     async def _verify(self, directory: Node, names: list[str]) -> None:
         """Fetch the headers of names a listing returned (background, bounded)."""

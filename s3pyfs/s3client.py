@@ -85,6 +85,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.response import AioReadTimeoutError
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
+from botocore import handlers as _botocore_handlers
 from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
                                  PartialCredentialsError, ResponseStreamingError)
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
@@ -407,6 +408,19 @@ def _etag(value: str | None) -> str | None:
     return value.strip('"') if value else None
 
 
+def check_200_body(operation_model, response_dict, **kwargs) -> None:
+    """botocore's before-parse hook: a 200 answer whose body is an S3 error, or a listing
+    cut short in transit, becomes a 500 (retried, then reported).  ListObjectsV2 answers
+    are judged by their closing tag, without an XML parse of their own; every other
+    operation goes through botocore's own check."""
+    if operation_model.name != "ListObjectsV2":
+        _botocore_handlers._handle_200_error(operation_model, response_dict, **kwargs)
+        return
+    body = (response_dict or {}).get("body") or b""
+    if response_dict.get("status_code") == 200 and not body.rstrip().endswith(b"</ListBucketResult>"):
+        response_dict["status_code"] = 500
+
+
 class S3Client:
     """Requests against one bucket.  Create with `open_client(settings)`."""
 
@@ -432,6 +446,11 @@ class S3Client:
             lambda key, headers: loop.run(self._fast.sign_get(key, headers)),
             verify_tls=settings.verify_tls, max_idle=settings.max_connections,
             connect_timeout=settings.connect_timeout) if settings.lean_get else None
+        # botocore parses every 200 body once more only to see whether it is an <Error>
+        # document; listings get a check of their closing tag instead (listing CPU per
+        # 1,000 keys 0.061 -> 0.054 s, ARCHITECTURE.md "Performance")
+        raw.meta.events.unregister("before-parse.s3.*", _botocore_handlers._handle_200_error)
+        raw.meta.events.register_first("before-parse.s3.*", check_200_body)
 
     async def _do(self, what: str, op: Callable[[], Coroutine[Any, Any, Any]], sent: int = 0,
                   check: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> Any:

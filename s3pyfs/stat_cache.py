@@ -42,6 +42,7 @@ class StatCache:
         self._missing: TTLCache = TTLCache(size, max(self.negative_ttl, 1e-9))
         self._listed: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
         self._large: TTLCache = TTLCache(max(1, size // 100), max(self.negative_ttl, 1e-9))
+        self._walked: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))  # prefetched dirs
         self.changes = 0          # local namespace changes, to spot a listing that raced one
         self.listing_in_flight: dict = {}   # dir prefix -> trio.Event of a LIST under way
         self.hits = 0
@@ -57,9 +58,16 @@ class StatCache:
         if self.enabled:
             self._missing[key] = True
 
-    def remember_listing(self, dir_prefix: str, entries: dict[str, ListedEntry]) -> None:
+    def remember_listing(self, dir_prefix: str, entries: dict[str, ListedEntry], primed: bool = False) -> None:
+        """`primed`: the listing came from a recursive listing of an ancestor (namespace.list_tree),
+        not from reading this directory; a readdir served from it is part of a tree walk."""
         if self.enabled:
-            self._listed[dir_prefix] = (time.monotonic(), entries)
+            self._listed[dir_prefix] = (time.monotonic(), entries, primed)
+
+    def was_primed(self, dir_prefix: str) -> bool:
+        """The cached listing of `dir_prefix` came from an ancestor's recursive listing."""
+        found = self._listed.get(dir_prefix) if self.enabled else None
+        return found is not None and found[2]
 
     def listing(self, dir_prefix: str, max_age: float | None = None) -> dict[str, ListedEntry] | None:
         """The cached listing of a directory (name -> entry) not older than `max_age`
@@ -75,7 +83,7 @@ class StatCache:
             self.misses += 1
             return None
         self.hits += 1
-        return found
+        return found[0], found[1]
 
     def note_added(self, dir_prefix: str, name: str, entry: ListedEntry) -> None:
         """A name was created here: keep a cached listing of its directory complete."""
@@ -101,11 +109,19 @@ class StatCache:
     def is_large(self, dir_prefix: str) -> bool:
         return dir_prefix in self._large
 
+    def claim_prefetch(self, dir_prefix: str) -> bool:
+        """True once per `ttl` for a directory: its files' headers are to be fetched ahead
+        of a tree walk now (filesystem.py); False if that was done already."""
+        if not self.enabled or dir_prefix in self._walked:
+            return False
+        self._walked[dir_prefix] = True
+        return True
+
     def invalidate_tree(self, prefix: str) -> None:
         """Forget everything below the directory `prefix` (ends with '/')."""
         self.changes += 1
         self._missing.pop(prefix.rstrip("/"), None)
-        for cache in (self._missing, self._listed, self._large):
+        for cache in (self._missing, self._listed, self._large, self._walked):
             for key in [k for k in list(cache.keys()) if k.startswith(prefix)]:
                 cache.pop(key, None)
 
@@ -113,3 +129,4 @@ class StatCache:
         self._missing.clear()
         self._listed.clear()
         self._large.clear()
+        self._walked.clear()
