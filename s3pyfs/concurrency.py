@@ -27,7 +27,7 @@ import contextlib
 import contextvars
 import logging
 import math
-from typing import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import trio
 

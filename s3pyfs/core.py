@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 from cachetools import LRUCache
@@ -32,8 +32,8 @@ from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadO
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
 from .journal import Journal
-from .ownership import Owners
 from .metadata import Attrs, Defaults, attrs_from_object
+from .ownership import Owners
 from .s3client import ObjectInfo, S3Client
 from .stat_cache import ListedEntry, StatCache
 

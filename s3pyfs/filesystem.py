@@ -39,14 +39,24 @@ from .concurrency import run_all
 from .content_types import content_type_for
 from .core import Config, Core, now_ns
 from .disk_cache import DiskCache
+from .errors import (
+    Exists,
+    FSError,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    RenamedElsewhere,
+)
 from .files import FileData
-from .journal import Journal
-from .s3client import S3Client
-from .errors import (Exists, FSError, InvalidArgument, IsADirectory, NameTooLong, NotADirectory, NotEmpty, NotFound,
-                     NotPermitted, RenamedElsewhere)
 from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
+from .journal import Journal
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
+from .s3client import S3Client
 from .stat_cache import ListedEntry
 
 log = logging.getLogger(__name__)
@@ -299,7 +309,9 @@ class Filesystem:
         listing = await namespace.list_directory(self.core.client, dir_prefix)
         self.core.cache.remember_listing(dir_prefix, listing)
         subdirs = [dir_prefix + name + "/" for name, entry in listing.items() if entry.is_dir]
-        if self.core.spawn is not None and self.core.cache.enabled and any(self.core.cache.listing(p, max_age=self.core.cfg.stat_ttl) is None for p in subdirs):
+        cache = self.core.cache
+        if self.core.spawn is not None and cache.enabled and \
+                any(cache.listing(p, max_age=self.core.cfg.stat_ttl) is None for p in subdirs):
             self.core._tree_listings[dir_prefix] = trio.Event()
             self.core.spawn(self._list_tree, dir_prefix)
         return listed_at, dict(listing)

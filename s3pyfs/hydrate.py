@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -64,7 +64,7 @@ class Hydration:
 
     @classmethod
     def join(cls, store, size: int, part: int, spawn, get: Get, budget: MemoryBudget,
-             parallel: int) -> "Hydration":
+             parallel: int) -> Hydration:
         """The object's hydration, started now if none runs; the caller is a user of it
         until it calls `release`."""
         registry = store.cache.hydrations

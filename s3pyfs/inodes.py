@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from .metadata import Attrs
 

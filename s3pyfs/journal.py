@@ -64,7 +64,7 @@ import os
 import re
 import stat
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import trio
 
@@ -141,8 +141,8 @@ def written_blocks(entry: dict) -> set[int]:
 class Record:
     """One staging file and its journal record."""
 
-    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list["Record"] | None = None,
-                 unsaved: set["Record"] | None = None):
+    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list[Record] | None = None,
+                 unsaved: set[Record] | None = None):
         self.dir_fd = dir_fd        # owned by the Journal
         self.directory = directory
         self.stem = stem
@@ -312,7 +312,7 @@ class Journal:
         self.unsaved: set[Record] = set()  # records with a state not yet on disk
 
     @classmethod
-    def create(cls, store: Dir) -> "Journal":
+    def create(cls, store: Dir) -> Journal:
         """A new locked instance directory in the checked `store`."""
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
         os.mkdir(name, 0o700, dir_fd=store.fd)

@@ -74,7 +74,7 @@ class Attrs:
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
-    def copy(self) -> "Attrs":
+    def copy(self) -> Attrs:
         return dataclasses.replace(self, xattrs=dict(self.xattrs), extra=dict(self.extra),
                                    headers=dict(self.headers))
 

@@ -37,7 +37,8 @@ import stat
 import tempfile
 import time
 import urllib.parse
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +276,7 @@ class Monitor:
         """Rewrite the statistics file every `interval` seconds (a task in the mount's nursery).
         The snapshot is taken on the trio thread; the file is written in a disk thread."""
         import trio
+
         from . import diskio
         self._token = trio.lowlevel.current_trio_token()
         while True:
@@ -355,7 +357,7 @@ def families(snap: dict) -> Iterable:
         fam = HistogramMetricFamily(f"s3pyfs_{name}", doc, labels=["operation"])
         bounds = [repr(float(b)) for b in snap["latency_bounds"]] + ["+Inf"]
         for op, h in per_op.items():
-            fam.add_metric([op], list(zip(bounds, h["cumulative"])), h["sum"])
+            fam.add_metric([op], list(zip(bounds, h["cumulative"], strict=True)), h["sum"])
         return fam
 
     fuse, s3, dirty = snap["fuse"], snap["s3"], snap["dirty"]

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pyfuse3
 import trio

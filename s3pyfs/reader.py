@@ -56,7 +56,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 

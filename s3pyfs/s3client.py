@@ -64,20 +64,19 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import datetime
 import dataclasses
+import datetime
 import email.utils
 import functools
-import io
 import hashlib
+import io
 import logging
 import random
 import re
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any
 
 import aiohttp
 import trio
@@ -86,18 +85,33 @@ from aiobotocore.response import AioReadTimeoutError
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore import handlers as _botocore_handlers
-from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
-                                 PartialCredentialsError, ResponseStreamingError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ResponseStreamingError,
+)
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
 from . import checksums, metrics, s3get
 from .budget import MemoryBudget
 from .concurrency import Deadline, Progress, bounded, current_deadline, run_all
 from .credentials import StaticKeys
+from .errors import (
+    AccessDenied,
+    Conflict,
+    CredentialsError,
+    FSError,
+    NameTooLong,
+    NoSuchBucket,
+    NotFound,
+    RemoteIOError,
+    RemoteTimeout,
+)
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
-from .errors import (AccessDenied, Conflict, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
-                     RemoteIOError, RemoteTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +153,7 @@ def kept_headers(r: Mapping[str, Any]) -> dict[str, str]:
     headers = {name: str(r[name]) for name in CONTENT_HEADERS if r.get(name) and name != "Expires"}
     expires = r.get("ExpiresString") or r.get("Expires")
     if isinstance(expires, datetime.datetime):
-        expires = email.utils.format_datetime(expires.astimezone(datetime.timezone.utc), usegmt=True)
+        expires = email.utils.format_datetime(expires.astimezone(datetime.UTC), usegmt=True)
     if expires:
         headers["Expires"] = str(expires)
     if r.get("StorageClass"):
@@ -516,7 +530,7 @@ class S3Client:
             metrics.counters.s3_done(what, outcome or "error", started, retries=_retries(exc) + ours,
                                      message=str(error))
             raise error from None
-        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             error = RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
             metrics.counters.s3_done(what, "connection", started, message=str(error))
             raise error from None
@@ -750,7 +764,7 @@ class S3Client:
 
     @staticmethod
     def _conflict(what: str, etag: str | None, exists: bool, if_match: str | None) -> Conflict:
-        won = (f"the object was deleted" if not exists else
+        won = ("the object was deleted" if not exists else
                f"version {etag} won" if etag else "another version won")
         based = f"this data was based on version {if_match}" if if_match else "this file was new here"
         return Conflict(f"{what}: {won}; {based}; not overwritten", current_etag=etag)

@@ -39,7 +39,8 @@ from __future__ import annotations
 import datetime
 import email.utils
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from botocore.awsrequest import AWSRequest

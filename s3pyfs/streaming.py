@@ -39,7 +39,7 @@ import functools
 import io
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 

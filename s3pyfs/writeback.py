@@ -75,7 +75,7 @@ import io
 import logging
 import math
 import os
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 

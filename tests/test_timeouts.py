@@ -22,13 +22,13 @@ import types
 import pyfuse3
 import pytest
 import trio
+from support import wait_until
 
 from s3pyfs.concurrency import Deadline, Progress, background_spawner, bounded, carrying, current_deadline, waiting
 from s3pyfs.core import Config
 from s3pyfs.errors import RemoteTimeout
 from s3pyfs.metadata import Defaults
 from s3pyfs.operations import Operations
-from support import wait_until
 
 T = 6                 # request_timeout of these mounts
 FAST = f"retries=3,connect_timeout=1,readwrite_timeout=2,request_timeout={T},stat_cache_expire=0.5"
