@@ -39,7 +39,7 @@ from .errors import Conflict, FSError, IsADirectory, NameTooLong, NotFound, Stal
 from .handles import FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import user_metadata
-from .reader import ObjectReader
+from .reader import Data, ObjectReader
 from .streaming import Stream
 from .writeback import Staging
 
@@ -161,7 +161,7 @@ class FileData:
             "uploads": sorted(staging.uploads),
         })
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Data:
         handle = self.core.handles.file(fh)
         node = handle.node
         if node.staging is not None:
@@ -355,7 +355,7 @@ class FileData:
         delay = RETRY_INTERVAL
         while True:
             await trio.sleep(delay)
-            pending = [n for n in self.dirty_nodes() if n.staging.failed]
+            pending = [n for n in self.dirty_nodes() if n.staging is not None and n.staging.failed]
             ok = True
             for node in pending:
                 try:

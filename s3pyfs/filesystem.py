@@ -35,7 +35,7 @@ import trio
 
 from . import dirrename, namespace
 from .attributes import Attributes
-from .concurrency import run_all
+from .concurrency import Job, run_all
 from .content_types import content_type_for
 from .core import Config, Core, now_ns
 from .disk_cache import DiskCache
@@ -56,6 +56,7 @@ from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
 from .journal import Journal
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
+from .reader import Data
 from .s3client import S3Client
 from .stat_cache import ListedEntry
 
@@ -147,7 +148,7 @@ class Filesystem:
     async def open(self, ino: int, flags: int) -> FileHandle:
         return await self.attrs.open_truncating(ino, flags)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Data:
         return await self.files.read(fh, offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -216,7 +217,7 @@ class Filesystem:
             PATH_MAX = 4096
             if node.attrs.size >= PATH_MAX:
                 raise NameTooLong(f"symbolic link target of {node.attrs.size} bytes (limit {PATH_MAX - 1})")
-            body = b""
+            body: bytes | bytearray = b""
             if node.attrs.size > 0:
                 body = await self.core.client.get_range(self.core.inodes.file_key(node), 0, PATH_MAX, etag=node.attrs.etag)
             if len(body) >= PATH_MAX:
@@ -294,6 +295,7 @@ class Filesystem:
             if node.ino in verified and node.in_s3 and node.staging is None:
                 node.expires = max(node.expires, fresh_until)
         if to_verify:
+            assert self.core.spawn is not None    # names are only left to verify with a spawn
             self.core.spawn(self._verify, directory, to_verify)
         return sorted(resolved.items()), verified
 
@@ -341,7 +343,7 @@ class Filesystem:
         name is fetched once, whoever asks first.  Directories are left to their parent's
         readdir (typed by the listing, headers in the background: `_verify`); the window
         is small so that what is fetched is still fresh (stat_ttl) when the walk gets there."""
-        jobs = []
+        jobs: list[Job] = []
         subdirs = sorted((n for n in self.core.inodes.children_of(directory.ino) if n.is_dir and n.name > after),
                          key=lambda n: n.name)
         for sub in subdirs:

@@ -28,6 +28,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -43,7 +44,7 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 log = logging.getLogger(__name__)
 
-Get = Callable[[int, int], Awaitable[bytes]]
+Get = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 class Hydration:
@@ -119,7 +120,7 @@ class Hydration:
             self.done.add(index)
         try:
             with self.scope:
-                await run_all(((lambda i=i: one(i)) for i in range(count)), parallel)
+                await run_all((functools.partial(one, i) for i in range(count)), parallel)
                 self.finished = True
         except FSError as exc:
             log.debug("hydration of %s stopped: %s", self.store.key, exc)

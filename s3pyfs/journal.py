@@ -251,6 +251,7 @@ class Record:
                 self.fd = -1
             _remove(self.data_name, self.dir_fd)
             return False
+        assert isinstance(want, str)  # the JSON text of the record: None and _DISCARD are handled above
         tmp = self.json_name + ".tmp"
         try:
             _remove(tmp, self.dir_fd, quiet=True)

@@ -182,8 +182,10 @@ class Stream:
             etags = await self._final_parts(fd, size)
         finally:
             self.finishing = False
-        etag = await self.client.complete_multipart(self.key, self.upload_id, etags, **(condition or {}))
-        self.track(self.upload_id, False)
+        upload_id = self.upload_id
+        assert upload_id is not None  # size > part: _final_parts started the upload if no part did
+        etag = await self.client.complete_multipart(self.key, upload_id, etags, **(condition or {}))
+        self.track(upload_id, False)
         self.upload_id = None
         if without_times(metadata) != self.metadata or self.explicit_times:
             etag = await self.client.copy(self.key, self.key, size, metadata=metadata,

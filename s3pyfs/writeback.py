@@ -94,7 +94,7 @@ MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 
 # (start, end) of the source object -> bytes; called (start, end, etag) to pin the version
-Fetch = Callable[..., Awaitable[bytes]]
+Fetch = Callable[..., Awaitable[bytes | bytearray]]
 
 
 def part_size_for(size: int, configured: int) -> int:
@@ -278,7 +278,7 @@ class Staging:
                 await self._store_fetched(run, start, b"")
                 return
 
-            async def get() -> bytes:
+            async def get() -> bytes | bytearray:
                 if self.base_etag is None:
                     return await fetch(start, end)
                 try:
@@ -299,7 +299,7 @@ class Staging:
                 if event is not None:
                     event.set()
 
-    async def _store_fetched(self, run: list[int], start: int, data: bytes) -> None:
+    async def _store_fetched(self, run: list[int], start: int, data: bytes | bytearray) -> None:
         async with self._io:          # which blocks are still missing is decided under the lock
             pieces: list[tuple[int, memoryview]] = []
             view = memoryview(data)
