@@ -38,7 +38,12 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:                   # trio and prometheus_client load lazily
+    from wsgiref.simple_server import WSGIServer
+
+    from trio.lowlevel import TrioToken
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +194,8 @@ class Monitor:
         self._peak_dirty = 0
         self.last: dict | None = None
         self.path: str | None = None
-        self._httpd = None
-        self._token = None
+        self._httpd: WSGIServer | None = None
+        self._token: TrioToken | None = None
 
     # ---------------------------------------------------------------- state
     def _dirty(self, now: float) -> dict[str, Any]:

@@ -86,8 +86,9 @@ def check_fuse_fd(fd: int) -> None:
 
 def check_mountpoint(opts: MountOptions) -> None:
     path = opts.mountpoint
-    if fuse_fd(path) is not None:
-        return check_fuse_fd(fuse_fd(path))
+    fd = fuse_fd(path)
+    if fd is not None:
+        return check_fuse_fd(fd)
     try:
         st = os.stat(path)
         if os.path.ismount(path):

@@ -64,6 +64,7 @@ Invariants:
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import datetime
 import email.utils
@@ -350,7 +351,7 @@ def _translate(exc: BaseException, what: str) -> FSError:
             return Conflict(f"{what}: {_CHANGED if what.startswith('GET') else _NOT_BASE}")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
         error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
-        error.request_id = request_id
+        error.request_id = request_id    # type: ignore[attr-defined]  # errors.py: undeclared attribute
         return error
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
@@ -564,7 +565,9 @@ class S3Client:
             raise DamagedBody(f"{what}: short body ({len(data)} of {expected} bytes)")
         if not (self.etags_are_md5 and _md5_is_etag(r) and _whole_object(r, data)):
             return
-        digest, etag = (await _md5(data)).hex(), _etag(r["ETag"]).lower()
+        etag = _etag(r["ETag"])
+        assert etag is not None                     # _md5_is_etag: a plain MD5
+        digest, etag = (await _md5(data)).hex(), etag.lower()
         if digest == etag:
             return
         if digest in wrong:
@@ -640,6 +643,7 @@ class S3Client:
                                 wrong: set[str]):
         """The lean GET within its slot: request_timeout from now, cut by the system call's
         deadline (concurrency.bounded); answers move the mount's progress like `_do`'s."""
+        assert self._lean is not None                # get_range checked
         started = time.perf_counter()
         ours = 0
         try:
@@ -732,9 +736,10 @@ class S3Client:
             return r
         if "ContentMD5" in sums:
             digest = checksums.md5_hex(sums["ContentMD5"])
-            if self.etags_are_md5 and _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest:
+            etag = _etag(r["ETag"]) if self.etags_are_md5 and _md5_is_etag(r) else None
+            if etag is not None and etag.lower() != digest:
                 # the store accepted our Content-MD5, so the bytes arrived whole: its ETags are no MD5s
-                self._etag_not_md5(what, _etag(r["ETag"]), digest)
+                self._etag_not_md5(what, etag, digest)
         return r
 
     @property
@@ -915,6 +920,7 @@ class S3Client:
         `headers`, or from a HEAD of the source when `headers` is None."""
         if size > MAX_SINGLE_COPY:
             return await self._copy_multipart(source_key, key, size, metadata, content_type, parallel, headers)
+        kwargs: dict[str, Any]
         if metadata is not None:
             kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE", **object_args(headers, content_type)}
         else:
@@ -974,7 +980,7 @@ class S3Client:
     async def delete(self, key: str) -> None:
         await self._do(f"DELETE {key}", lambda: self._c.delete_object(Bucket=self.bucket, Key=key))
 
-    async def delete_many(self, keys: list[str]) -> None:
+    async def delete_many(self, keys: builtins.list[str]) -> None:      # `list` is the method above
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start:start + DELETE_BATCH]
             r = await self._do(f"DeleteObjects ({len(batch)} keys)", lambda: self._c.delete_objects(
