@@ -95,6 +95,7 @@ class RemoteIOError(FSError):
     """S3 failed (network, 5xx after retries, timeout, unexpected answer)."""
 
     errno = _errno.EIO
+    request_id: str = ""          # the store's request id, when it gave one (for the log)
 
 
 class NoSuchBucket(RemoteIOError):

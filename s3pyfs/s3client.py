@@ -351,7 +351,7 @@ def _translate(exc: BaseException, what: str) -> FSError:
             return Conflict(f"{what}: {_CHANGED if what.startswith('GET') else _NOT_BASE}")
         request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
         error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
-        error.request_id = request_id    # type: ignore[attr-defined]  # errors.py: undeclared attribute
+        error.request_id = request_id
         return error
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return AccessDenied(f"{what}: no usable credentials")
