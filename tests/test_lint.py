@@ -50,3 +50,11 @@ def test_checkers_fail_on_a_planted_mistake(tool, tmp_path):
     argv = ["ruff", "check", "--no-cache", "--isolated", str(bad)] if tool == "ruff" else \
         ["mypy", "--no-incremental", str(bad)]
     assert _run(*argv).returncode != 0
+
+
+def test_constraints_file_is_current():
+    """constraints.txt pins every package pyproject.toml's dependencies and extras pull in, at
+    the versions installed here (a dependency added without `make lock` fails here)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "lock.py"), "--check"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
