@@ -138,16 +138,6 @@ def drop(token: contextvars.Token) -> None:
 
 
 @contextlib.contextmanager
-def carrying(deadline: Deadline | None) -> Iterator[None]:
-    """Run the block with `deadline` for every S3 request in it."""
-    token = _current.set(deadline)
-    try:
-        yield
-    finally:
-        _current.reset(token)
-
-
-@contextlib.contextmanager
 def bounded(cap: float = math.inf) -> Iterator[None]:
     """trio.fail_at(cap), cut earlier by the current deadline (and moved with it):
     raises trio.TooSlowError when the block was cut."""

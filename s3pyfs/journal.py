@@ -117,17 +117,6 @@ CLEAR_DELAY = 0.05        # seconds a record's removal waits for the file's disc
 _DISCARD = object()          # wanted state of a record: staging file and record deleted (or pooled)
 
 
-def written_ranges(blocks) -> list[list[int]]:
-    """Sorted block numbers as half-open [first, end) ranges (record version 2)."""
-    out: list[list[int]] = []
-    for b in blocks:
-        if out and out[-1][1] == b:
-            out[-1][1] = b + 1
-        else:
-            out.append([b, b + 1])
-    return out
-
-
 def written_blocks(entry: dict) -> set[int]:
     """The locally written blocks a record lists (version 2 ranges, or version 1's list)."""
     blocks: set[int] = set()

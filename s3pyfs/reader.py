@@ -107,7 +107,6 @@ class ObjectReader:
         self._run = 0                  # bytes read sequentially so far
         self._ahead = 2
         self._parts: dict[int, _Part] = {}
-        self.bytes_fetched = 0
         self._randoms = 0              # reads that continued nothing, after the first
         self._first = True
         self.hydration: Hydration | None = None
@@ -152,7 +151,6 @@ class ObjectReader:
         """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
         async with self._slots:
             data = await (self._fetch(lo, hi) if self.etag is None else self._fetch(lo, hi, self.etag))
-        self.bytes_fetched += len(data)
         if len(data) != hi - lo:
             raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
         return data

@@ -823,12 +823,12 @@ class S3Client:
                                     lambda: self._verified_upload(what, body, call), own_etag)
         return _etag(r.get("ETag"))
 
-    async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None,
+    async def create_multipart(self, key: str, metadata: dict[str, str],
                                headers: Mapping[str, str] | None = None, *, checksum: bool = True) -> str:
         """A new multipart upload's id; it declares the checksum algorithm its parts carry
         (S3 refuses part checksums an upload did not declare).  `checksum=False`: parts that
         carry none (UploadPartCopy), so none is declared."""
-        kwargs = object_args(headers, content_type)
+        kwargs = object_args(headers)
         algorithm = self.checksum
         declared = checksums.MULTIPART_ALGORITHM.get(algorithm) if checksum else None
         refused: list[str] = []
@@ -909,20 +909,19 @@ class S3Client:
             log.warning("could not abort multipart upload of %s (%s); a lifecycle rule should remove it", key, exc)
 
     async def copy(self, source_key: str, key: str, size: int, metadata: dict[str, str] | None = None,
-                   content_type: str | None = None, parallel: int = 8,
-                   headers: Mapping[str, str] | None = None) -> str | None:
+                   parallel: int = 8, headers: Mapping[str, str] | None = None) -> str | None:
         """Server-side copy keeping what the object is.
 
         `metadata` given: it replaces the user metadata (MetadataDirective REPLACE) and
-        `headers` (the source's KEPT_HEADERS; `content_type` wins) are all re-sent.
+        `headers` (the source's KEPT_HEADERS) are all re-sent.
         `metadata` None: user metadata and Content-* headers are copied by S3, and the
         storage class and SSE-KMS key, which CopyObject does not carry, are sent from
         `headers`, or from a HEAD of the source when `headers` is None."""
         if size > MAX_SINGLE_COPY:
-            return await self._copy_multipart(source_key, key, size, metadata, content_type, parallel, headers)
+            return await self._copy_multipart(source_key, key, size, metadata, parallel, headers)
         kwargs: dict[str, Any]
         if metadata is not None:
-            kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE", **object_args(headers, content_type)}
+            kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE", **object_args(headers)}
         else:
             if headers is None:
                 info = await self.head(source_key)
@@ -934,14 +933,14 @@ class S3Client:
             Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}, **kwargs))
         return _etag(r.get("CopyObjectResult", {}).get("ETag"))
 
-    async def _copy_multipart(self, source_key, key, size, metadata, content_type, parallel,
+    async def _copy_multipart(self, source_key, key, size, metadata, parallel,
                               headers=None) -> str | None:
         if metadata is None:
             info = await self.head(source_key)
             if info is None:
                 raise NotFound(f"COPY {source_key}: not found")
             metadata, headers = info.metadata, info.headers
-        upload_id = await self.create_multipart(key, metadata, content_type, headers, checksum=False)
+        upload_id = await self.create_multipart(key, metadata, headers, checksum=False)
         ranges = [(start, min(start + COPY_PART_SIZE, size)) for start in range(0, size, COPY_PART_SIZE)]
         etags: list[str] = [""] * len(ranges)
 

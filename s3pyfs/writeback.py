@@ -462,7 +462,7 @@ class Staging:
 
     # ---- upload ------------------------------------------------------------
     async def upload(self, client, key: str, metadata: dict[str, str], fetch: Fetch,
-                     multipart_threshold: int, parallel: int, content_type: str | None = None,
+                     multipart_threshold: int, parallel: int,
                      headers: dict[str, str] | None = None) -> str | None:
         """Upload the whole content to `key` with `metadata` and the object's own system
         `headers`; returns the new ETag.  Raises FSError."""
@@ -486,10 +486,10 @@ class Staging:
                             body = io.BytesIO(mirror)        # a copy: later writes do not change it
                         else:
                             body = await read_part_off_thread(self.fd, 0, size)
-                        etag = await client.put(key, body, metadata, content_type, headers, **condition)
+                        etag = await client.put(key, body, metadata, None, headers, **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
-                                                 content_type, condition, headers)
+                                                 condition, headers)
             self._uploaded(generation, etag, key, size)
             return etag
 
@@ -535,12 +535,12 @@ class Staging:
             await stream.abort()
         return None
 
-    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type, condition,
+    async def _multipart(self, client, key, metadata, size, configured_part, parallel, condition,
                          headers=None):
         part = part_size_for(size, configured_part)
         count = (size + part - 1) // part
         etags = [""] * count
-        upload_id = await client.create_multipart(key, metadata, content_type, headers)
+        upload_id = await client.create_multipart(key, metadata, headers)
         self.track_upload(upload_id, True)
         async def one(index: int) -> None:
             start = index * part
