@@ -254,6 +254,8 @@ class Monitor:
                 "latency_seconds": {op: h.export() for op, h in sorted(c.s3_latency.items())},
             },
             "conflicts": c.conflicts,
+            "checksum": getattr(getattr(fs, "client", None), "checksum", None),
+            "checksum_fallbacks": c.checksum_fallbacks,
             "conditional_writes": getattr(getattr(fs, "client", None), "conditional_writes", None),
             "latency_bounds": list(LATENCY_BOUNDS),
         }
@@ -394,6 +396,8 @@ def families(snap: dict) -> Iterable:
                 "(0: none)", last_error["time"] if last_error else 0)
     yield counter("conflicts", "Uploads refused because S3 held another version than the one the data was "
                   "based on (data kept in lost+found)", snap.get("conflicts", 0))
+    yield counter("checksum_fallbacks", "Times the store refused the CRC checksum header of an upload "
+                  "(uploads send Content-MD5 from then on)", snap.get("checksum_fallbacks", 0))
     enforced = snap.get("conditional_writes")
     yield gauge("conditional_writes", "Does the store enforce conditional writes (1 yes, 0 no: checked by a HEAD "
                 "before each commit, -1 unknown)", -1 if enforced is None else int(enforced))
