@@ -149,7 +149,7 @@ class FileData:
     def _journal_record(self, node: Node, staging: Staging) -> None:
         """(Re)write the journal record of a dirty staging file: what recovery needs."""
         if node.staging is not staging or not node.attached():
-            staging.record.clear()          # unlinked or replaced: nothing to recover
+            staging.record.clear(now=True)  # unlinked or replaced: nothing to recover
             return
         staging.record.save({
             "key": self.core.inodes.file_key(node),

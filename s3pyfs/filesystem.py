@@ -516,16 +516,21 @@ class Filesystem:
                     await self.core.client.delete(key)
                 self.core.name_removed(parent, name)
                 self.core.inodes.detach(parent.ino, name)
-                self._discard_replaced(node)
+                await self._discard_replaced(node)
                 self.core.touch_dir(parent)
                 return
 
-    def _discard_replaced(self, node: Node) -> None:
-        """`node` lost its name (unlinked or renamed over): its data belongs nowhere now."""
-        if node.staging is not None and node.open_handles == 0:
+    async def _discard_replaced(self, node: Node) -> None:
+        """`node` lost its name (unlinked or renamed over): its data belongs nowhere now, and
+        its journal record is gone from disk before the caller answers (no resurrection by
+        the recovery of a mount killed right after)."""
+        staging = node.staging
+        if staging is None:
+            return
+        staging.mark_clean(gone=True)
+        if node.open_handles == 0:
             self.files.drop_staging(node)
-        elif node.staging is not None:
-            node.staging.mark_clean()           # still open: its data no longer belongs anywhere
+        await staging.journal_settled()
 
     # ------------------------------------------------------------------ rename
     async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str,
@@ -585,7 +590,7 @@ class Filesystem:
             await self._rename_file(src, new_key)
         self.core.name_removed(old_parent, old_name)
         if dst is not None:
-            self._discard_replaced(dst)
+            await self._discard_replaced(dst)
         self.core.inodes.move(src, new_parent.ino, new_name)
         self.core.name_added(new_parent, new_name, src)
         moved = self._rejournal_below(src)

@@ -208,10 +208,11 @@ class Staging:
         if was_clean:
             self._journal()
 
-    def mark_clean(self) -> None:
-        """Nothing of this file needs saving any more (uploaded, or unlinked)."""
+    def mark_clean(self, *, gone: bool = False) -> None:
+        """Nothing of this file needs saving any more: uploaded, or (`gone`) its name was
+        unlinked or replaced, when the record's removal is written at once (journal.py)."""
         self.clean_generation = self.generation
-        self.record.clear()
+        self.record.clear(now=gone)
 
     def journal_changed(self) -> None:
         """Facts recovery needs changed (for the owner: metadata); a no-op when clean."""
