@@ -100,7 +100,7 @@ class Direct:
                                       Range=f"bytes={first}-{last}")["Body"]
             n = len(body.read())
             if n != last - first + 1:
-                raise IOError(f"{key}: short read {n} of {last - first + 1}")
+                raise OSError(f"{key}: short read {n} of {last - first + 1}")
             return n
 
         start = time.perf_counter()
@@ -109,7 +109,7 @@ class Direct:
         seconds = time.perf_counter() - start
         expected = sum(size for _, size in keys_sizes)
         if total != expected:
-            raise IOError(f"downloaded {total} bytes, expected {expected}")
+            raise OSError(f"downloaded {total} bytes, expected {expected}")
         return seconds
 
     def random_reads(self, key: str, size: int, seconds: float, block: int = 4096,

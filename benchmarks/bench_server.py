@@ -62,7 +62,7 @@ class BenchSeaweed(support.SeaweedServer):
     def _pick_ports(self, count: int) -> list[int]:
         return pick_ports(count)          # the benchmark also needs port + 10000 free
 
-    def start(self, timeout: float = 90.0, attempts: int = 3) -> "BenchSeaweed":
+    def start(self, timeout: float = 90.0, attempts: int = 3) -> BenchSeaweed:
         return super().start(timeout, attempts)
 
     @property

@@ -106,8 +106,9 @@ def main() -> None:
             data = os.urandom(args.size_mib * MiB)
             digest = hashlib.sha256(data).hexdigest()
             client.upload_file  # noqa: B018
-            from boto3.s3.transfer import TransferConfig
             import io
+
+            from boto3.s3.transfer import TransferConfig
             client.upload_fileobj(io.BytesIO(data), bucket, "seq.bin",
                                   Config=TransferConfig(multipart_chunksize=64 * MiB))
             del data

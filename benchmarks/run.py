@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_direct  # noqa: E402
 import bench_tree  # noqa: E402
-from bench_mounts import MountFailed, Mounter  # noqa: E402
+from bench_mounts import Mounter, MountFailed  # noqa: E402
 from bench_server import BenchSeaweed, Metrics  # noqa: E402
 
 MiB = 1 << 20

@@ -18,11 +18,24 @@ numbers are about transport, not SHA256/CRC32 (same cost in A and B).
 Without --endpoint a private SeaweedFS (`weed` on PATH or beside python) runs
 on free loopback ports for the duration.
 """
-import argparse, asyncio, glob, io, os, random, resource, shutil, socket, statistics
-import subprocess, sys, tempfile, threading, time
+import argparse
+import asyncio
+import glob
+import io
+import os
+import random
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 
-import trio
 import aiobotocore.session
+import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.httpxsession import HttpxSession
 from httpcore2._async.http11 import AsyncHTTP11Connection as H11
@@ -262,8 +275,9 @@ async def main(args):
                     f"{k} {v[-1]:.1f}" for k, v in res[be.name].items()), flush=True)
         H11.READ_NUM_BYTES = H11_READ
         med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in res.items()}
-        fmt = lambda v: f"{statistics.median(v):.2f} ({min(v):.1f}-{max(v):.1f})"
-        print(f"\n{'median of %d reps, %d MiB' % (args.reps, size // MiB):26s}"
+        def fmt(v):
+            return f"{statistics.median(v):.2f} ({min(v):.1f}-{max(v):.1f})"
+        print(f"\n{f'median of {args.reps} reps, {size // MiB} MiB':26s}"
               + "".join(f"{n:>24s}" for n in res) + f"{'A/B':>7s}{'A+/B':>7s}")
         for k in METRICS:
             print(f"{k:26s}" + "".join(f"{fmt(r[k]):>24s}" for r in res.values())

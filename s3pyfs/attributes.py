@@ -18,9 +18,8 @@ import logging
 import os
 import stat
 
-from .core import now_ns
+from .core import Core, now_ns
 from .errors import FSError, InvalidArgument, IsADirectory, NoAttribute, NoSpace, NotSupported
-from .core import Core
 from .files import FileData
 from .inodes import ROOT_INODE, Node
 from .metadata import DIR_CONTENT_TYPE, S3_USER_METADATA_LIMIT, metadata_size, user_metadata

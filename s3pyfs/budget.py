@@ -36,8 +36,8 @@ Invariants:
 from __future__ import annotations
 
 import collections
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import trio
 

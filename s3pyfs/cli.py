@@ -16,8 +16,17 @@ import re
 import sys
 
 from . import __version__
-from .errors import (EXIT_CREDENTIALS, EXIT_DIRTY, EXIT_FAILURE, EXIT_MOUNT, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE,
-                     StartupError, UsageError)
+from .errors import (
+    EXIT_CREDENTIALS,
+    EXIT_DIRTY,
+    EXIT_FAILURE,
+    EXIT_MOUNT,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    StartupError,
+    UsageError,
+)
 from .options import MountOptions, apply_option_string, help_text
 
 USAGE = ("usage: s3pyfs BUCKET[:/PREFIX] MOUNTPOINT [-f] [-d] [-s] [-o OPTION[,OPTION...]]\n"

@@ -27,7 +27,7 @@ import contextlib
 import contextvars
 import logging
 import math
-from typing import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import trio
 
@@ -135,16 +135,6 @@ def carry(deadline: Deadline | None) -> contextvars.Token:
 
 def drop(token: contextvars.Token) -> None:
     _current.reset(token)
-
-
-@contextlib.contextmanager
-def carrying(deadline: Deadline | None) -> Iterator[None]:
-    """Run the block with `deadline` for every S3 request in it."""
-    token = _current.set(deadline)
-    try:
-        yield
-    finally:
-        _current.reset(token)
 
 
 @contextlib.contextmanager

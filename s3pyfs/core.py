@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 from cachetools import LRUCache
@@ -32,8 +32,8 @@ from .errors import InvalidArgument, NameTooLong, NotADirectory, NotFound, ReadO
 from .handles import HandleTable
 from .inodes import ROOT_INODE, InodeTable, Node
 from .journal import Journal
-from .ownership import Owners
 from .metadata import Attrs, Defaults, attrs_from_object
+from .ownership import Owners
 from .s3client import ObjectInfo, S3Client
 from .stat_cache import ListedEntry, StatCache
 
@@ -78,6 +78,22 @@ class Config:
         self.parallel = parallel
         self.root_mode = root_mode
         self.drain_timeout = drain_timeout      # bound of the upload of dirty data at unmount
+
+
+class _Fetcher:
+    """fetch(start, end[, etag]): bytes of `node`'s object, under its current key."""
+
+    def __init__(self, core: Core, node: Node) -> None:
+        self.core = core
+        self.node = node
+        self.memory = core.client.memory   # staging fills take their buffers from the budget (writeback.py)
+
+    async def __call__(self, start: int, end: int, etag: str | None = None) -> bytes | bytearray:
+        try:
+            key = self.core.inodes.file_key(self.node)
+        except KeyError:
+            raise Stale(f"{self.node.name} was removed or replaced while open") from None
+        return await self.core.client.get_range(key, start, end, etag=etag)
 
 
 class Core:
@@ -159,15 +175,8 @@ class Core:
     def fresh(self, node: Node) -> bool:
         return node.staging is not None or not node.in_s3 or node.expires > time.monotonic()
 
-    def fetcher(self, node: Node):
-        async def fetch(start: int, end: int, etag: str | None = None) -> bytes:
-            try:
-                key = self.inodes.file_key(node)
-            except KeyError:
-                raise Stale(f"{node.name} was removed or replaced while open") from None
-            return await self.client.get_range(key, start, end, etag=etag)
-        fetch.memory = self.client.memory   # staging fills take their buffers from the budget (writeback.py)
-        return fetch
+    def fetcher(self, node: Node) -> _Fetcher:
+        return _Fetcher(self, node)
 
     def attrs_from_found(self, found: namespace.Found, key: str) -> Attrs:
         info = found.info
@@ -210,7 +219,7 @@ class Core:
         info = found.info
         settled = info is not None and 0 < info.last_modified_ns <= now_ns() - VERSION_SETTLED_NS
         node.version = (object_version(info.etag, info.size, info.last_modified_ns)
-                        if settled and not found.is_dir and node.staging is None else None)
+                        if info is not None and settled and not found.is_dir and node.staging is None else None)
         return node
 
     def revalidate_from_listing(self, node: Node, entry: ListedEntry | None, listed_at: float) -> bool:

@@ -38,7 +38,7 @@ import itertools
 import json
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
@@ -77,7 +77,7 @@ class Intent:
                 "legacy": self.legacy, "created": self.created, "existing": self.existing}
 
     @classmethod
-    def from_json(cls, entry: object, path: str) -> "Intent":
+    def from_json(cls, entry: object, path: str) -> Intent:
         if not isinstance(entry, dict) or entry.get("version") != RECORD_VERSION or \
                 entry.get("phase") not in ("copying", "deleting"):
             raise ValueError("not a directory rename record of this version")

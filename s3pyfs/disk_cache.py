@@ -60,7 +60,7 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DiskCache:
-    def __init__(self, directory: "str | Dir", bucket: str, max_bytes: int | None = None,
+    def __init__(self, directory: str | Dir, bucket: str, max_bytes: int | None = None,
                  min_free: int | None = None, wipe: bool = False, hydrate_max: int | None = None):
         """`directory` is a checked private Dir (the mount: statedir) or a path that is
         created (tests); the blocks go to its `blocks` subdirectory.  `hydrate_max`:
@@ -233,7 +233,7 @@ class DiskCache:
         self.evictions += 1
         _remove(name, self.fd)
 
-    def bind(self, key: str, etag: str | None) -> "ObjectBlocks | None":
+    def bind(self, key: str, etag: str | None) -> ObjectBlocks | None:
         return ObjectBlocks(self, key, etag) if etag else None
 
     def clear(self) -> None:

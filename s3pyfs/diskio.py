@@ -15,7 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 

@@ -20,8 +20,9 @@ class FSError(S3pyfsError):
     """A filesystem operation failed with `self.errno`."""
 
     errno = _errno.EIO
+    detached: tuple[int, str] | None = None  # (parent inode, name) a refused upload detached (files.py)
 
-    def __init__(self, message="", errno=None):
+    def __init__(self, message: str = "", errno: int | None = None) -> None:
         super().__init__(message or self.__class__.__name__)
         if errno is not None:
             self.errno = errno
@@ -94,6 +95,7 @@ class RemoteIOError(FSError):
     """S3 failed (network, 5xx after retries, timeout, unexpected answer)."""
 
     errno = _errno.EIO
+    request_id: str = ""          # the store's request id, when it gave one (for the log)
 
 
 class NoSuchBucket(RemoteIOError):
@@ -109,7 +111,7 @@ class Conflict(RemoteIOError):
     request failed: 412/409, or the version check before a commit): nothing was
     overwritten.  `current_etag` names the version that won, when known."""
 
-    def __init__(self, message="", current_etag=None):
+    def __init__(self, message: str = "", current_etag: str | None = None) -> None:
         super().__init__(message)
         self.current_etag = current_etag
 

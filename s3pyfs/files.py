@@ -39,7 +39,7 @@ from .errors import Conflict, FSError, IsADirectory, NameTooLong, NotFound, Stal
 from .handles import FileHandle
 from .inodes import ROOT_INODE, Node
 from .metadata import user_metadata
-from .reader import ObjectReader
+from .reader import Data, ObjectReader
 from .streaming import Stream
 from .writeback import Staging
 
@@ -149,7 +149,7 @@ class FileData:
     def _journal_record(self, node: Node, staging: Staging) -> None:
         """(Re)write the journal record of a dirty staging file: what recovery needs."""
         if node.staging is not staging or not node.attached():
-            staging.record.clear()          # unlinked or replaced: nothing to recover
+            staging.record.clear(now=True)  # unlinked or replaced: nothing to recover
             return
         staging.record.save({
             "key": self.core.inodes.file_key(node),
@@ -161,7 +161,7 @@ class FileData:
             "uploads": sorted(staging.uploads),
         })
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Data:
         handle = self.core.handles.file(fh)
         node = handle.node
         if node.staging is not None:
@@ -355,7 +355,7 @@ class FileData:
         delay = RETRY_INTERVAL
         while True:
             await trio.sleep(delay)
-            pending = [n for n in self.dirty_nodes() if n.staging.failed]
+            pending = [n for n in self.dirty_nodes() if n.staging is not None and n.staging.failed]
             ok = True
             for node in pending:
                 try:

@@ -35,18 +35,29 @@ import trio
 
 from . import dirrename, namespace
 from .attributes import Attributes
-from .concurrency import run_all
+from .concurrency import Job, run_all
 from .content_types import content_type_for
 from .core import Config, Core, now_ns
 from .disk_cache import DiskCache
+from .errors import (
+    Exists,
+    FSError,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    NotPermitted,
+    RenamedElsewhere,
+)
 from .files import FileData
-from .journal import Journal
-from .s3client import S3Client
-from .errors import (Exists, FSError, InvalidArgument, IsADirectory, NameTooLong, NotADirectory, NotEmpty, NotFound,
-                     NotPermitted, RenamedElsewhere)
 from .handles import DirHandle, FileHandle
 from .inodes import ROOT_INODE, Node
+from .journal import Journal
 from .metadata import DIR_CONTENT_TYPE, Attrs, user_metadata
+from .reader import Data
+from .s3client import S3Client
 from .stat_cache import ListedEntry
 
 log = logging.getLogger(__name__)
@@ -137,7 +148,7 @@ class Filesystem:
     async def open(self, ino: int, flags: int) -> FileHandle:
         return await self.attrs.open_truncating(ino, flags)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> Data:
         return await self.files.read(fh, offset, size)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
@@ -206,7 +217,7 @@ class Filesystem:
             PATH_MAX = 4096
             if node.attrs.size >= PATH_MAX:
                 raise NameTooLong(f"symbolic link target of {node.attrs.size} bytes (limit {PATH_MAX - 1})")
-            body = b""
+            body: bytes | bytearray = b""
             if node.attrs.size > 0:
                 body = await self.core.client.get_range(self.core.inodes.file_key(node), 0, PATH_MAX, etag=node.attrs.etag)
             if len(body) >= PATH_MAX:
@@ -284,6 +295,7 @@ class Filesystem:
             if node.ino in verified and node.in_s3 and node.staging is None:
                 node.expires = max(node.expires, fresh_until)
         if to_verify:
+            assert self.core.spawn is not None    # names are only left to verify with a spawn
             self.core.spawn(self._verify, directory, to_verify)
         return sorted(resolved.items()), verified
 
@@ -299,7 +311,9 @@ class Filesystem:
         listing = await namespace.list_directory(self.core.client, dir_prefix)
         self.core.cache.remember_listing(dir_prefix, listing)
         subdirs = [dir_prefix + name + "/" for name, entry in listing.items() if entry.is_dir]
-        if self.core.spawn is not None and self.core.cache.enabled and any(self.core.cache.listing(p, max_age=self.core.cfg.stat_ttl) is None for p in subdirs):
+        cache = self.core.cache
+        if self.core.spawn is not None and cache.enabled and \
+                any(cache.listing(p, max_age=self.core.cfg.stat_ttl) is None for p in subdirs):
             self.core._tree_listings[dir_prefix] = trio.Event()
             self.core.spawn(self._list_tree, dir_prefix)
         return listed_at, dict(listing)
@@ -329,7 +343,7 @@ class Filesystem:
         name is fetched once, whoever asks first.  Directories are left to their parent's
         readdir (typed by the listing, headers in the background: `_verify`); the window
         is small so that what is fetched is still fresh (stat_ttl) when the walk gets there."""
-        jobs = []
+        jobs: list[Job] = []
         subdirs = sorted((n for n in self.core.inodes.children_of(directory.ino) if n.is_dir and n.name > after),
                          key=lambda n: n.name)
         for sub in subdirs:
@@ -502,16 +516,21 @@ class Filesystem:
                     await self.core.client.delete(key)
                 self.core.name_removed(parent, name)
                 self.core.inodes.detach(parent.ino, name)
-                self._discard_replaced(node)
+                await self._discard_replaced(node)
                 self.core.touch_dir(parent)
                 return
 
-    def _discard_replaced(self, node: Node) -> None:
-        """`node` lost its name (unlinked or renamed over): its data belongs nowhere now."""
-        if node.staging is not None and node.open_handles == 0:
+    async def _discard_replaced(self, node: Node) -> None:
+        """`node` lost its name (unlinked or renamed over): its data belongs nowhere now, and
+        its journal record is gone from disk before the caller answers (no resurrection by
+        the recovery of a mount killed right after)."""
+        staging = node.staging
+        if staging is None:
+            return
+        staging.mark_clean(gone=True)
+        if node.open_handles == 0:
             self.files.drop_staging(node)
-        elif node.staging is not None:
-            node.staging.mark_clean()           # still open: its data no longer belongs anywhere
+        await staging.journal_settled()
 
     # ------------------------------------------------------------------ rename
     async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int, new_name: str,
@@ -571,7 +590,7 @@ class Filesystem:
             await self._rename_file(src, new_key)
         self.core.name_removed(old_parent, old_name)
         if dst is not None:
-            self._discard_replaced(dst)
+            await self._discard_replaced(dst)
         self.core.inodes.move(src, new_parent.ino, new_name)
         self.core.name_added(new_parent, new_name, src)
         moved = self._rejournal_below(src)

@@ -28,9 +28,10 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -43,7 +44,7 @@ _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 log = logging.getLogger(__name__)
 
-Get = Callable[[int, int], Awaitable[bytes]]
+Get = Callable[[int, int], Awaitable[bytes | bytearray]]
 
 
 class Hydration:
@@ -64,7 +65,7 @@ class Hydration:
 
     @classmethod
     def join(cls, store, size: int, part: int, spawn, get: Get, budget: MemoryBudget,
-             parallel: int) -> "Hydration":
+             parallel: int) -> Hydration:
         """The object's hydration, started now if none runs; the caller is a user of it
         until it calls `release`."""
         registry = store.cache.hydrations
@@ -119,7 +120,7 @@ class Hydration:
             self.done.add(index)
         try:
             with self.scope:
-                await run_all(((lambda i=i: one(i)) for i in range(count)), parallel)
+                await run_all((functools.partial(one, i) for i in range(count)), parallel)
                 self.finished = True
         except FSError as exc:
             log.debug("hydration of %s stopped: %s", self.store.key, exc)

@@ -18,9 +18,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from .metadata import Attrs
+
+if TYPE_CHECKING:
+    from .writeback import Staging
 
 ROOT_INODE = 1  # pyfuse3.ROOT_INODE; kept here so the core does not import pyfuse3
 
@@ -37,7 +41,7 @@ class Node:
     has_marker: bool = False      # a `dir/` object exists for this directory
     legacy_dir_key: bool = False  # directory stored as a key without '/' (old s3fs)
     in_s3: bool = True            # False while a created file was never uploaded
-    staging: object | None = None  # writeback.Staging while the file has local data
+    staging: Staging | None = None  # writeback.Staging while the file has local data
     symlink_target: str | None = None
     page_cache_etag: str | None = None   # ETag the kernel's page cache was filled from
     # (etag, size, Last-Modified in whole seconds) of the object whose headers `attrs` hold:

@@ -43,10 +43,14 @@ Invariants:
     journal keeps the records with unwritten states (`unsaved`): `settle()`
     of the journal waits for all of them, and `close()` writes what is left
     (after the trio run, when no writer thread is in flight).  A removal
-    (`clear`, the data is in S3) is put on disk `CLEAR_DELAY` later by the
-    record's own writer task, unless something settles it sooner: the
-    `discard` of the same file's close usually arrives meanwhile and does both
-    in one disk-thread call (a stale record in that gap is harmless, see above).
+    after an upload (`clear`, the data is in S3) is put on disk `CLEAR_DELAY`
+    later by the record's own writer task, unless something settles it sooner:
+    the `discard` of the same file's close usually arrives meanwhile and does
+    both in one disk-thread call (a stale record in that gap is harmless:
+    recovery finds the data already in S3).  The removal for a file unlinked or
+    replaced (`clear(now=True)`) never waits, and unlink/rename settle it before
+    they answer: otherwise a crash right after them would upload the data again
+    under the old name (a resurrected file).
   * The record holds the locally written blocks as ranges (`written_ranges`,
     record version 2): a sequential writer's record stays a few lines long
     however many blocks it wrote.  Version 1 records (`written`, a list of
@@ -64,7 +68,7 @@ import os
 import re
 import stat
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import trio
 
@@ -117,17 +121,6 @@ CLEAR_DELAY = 0.05        # seconds a record's removal waits for the file's disc
 _DISCARD = object()          # wanted state of a record: staging file and record deleted (or pooled)
 
 
-def written_ranges(blocks) -> list[list[int]]:
-    """Sorted block numbers as half-open [first, end) ranges (record version 2)."""
-    out: list[list[int]] = []
-    for b in blocks:
-        if out and out[-1][1] == b:
-            out[-1][1] = b + 1
-        else:
-            out.append([b, b + 1])
-    return out
-
-
 def written_blocks(entry: dict) -> set[int]:
     """The locally written blocks a record lists (version 2 ranges, or version 1's list)."""
     blocks: set[int] = set()
@@ -141,8 +134,8 @@ def written_blocks(entry: dict) -> set[int]:
 class Record:
     """One staging file and its journal record."""
 
-    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list["Record"] | None = None,
-                 unsaved: set["Record"] | None = None):
+    def __init__(self, dir_fd: int, directory: str, stem: str, fd: int, pool: list[Record] | None = None,
+                 unsaved: set[Record] | None = None):
         self.dir_fd = dir_fd        # owned by the Journal
         self.directory = directory
         self.stem = stem
@@ -159,6 +152,7 @@ class Record:
         self._lock: trio.Lock | None = None
         self._scheduled = False
         self._gone = False          # discard() was asked: nothing more is written
+        self._clear_now = False     # the removal asked for must not wait CLEAR_DELAY
 
     # ---- requests (synchronous, no disk I/O on the caller's thread inside trio) ----
     def save(self, entry: dict) -> None:
@@ -167,9 +161,13 @@ class Record:
         if not self._gone:
             self._ask(json.dumps(dict(entry, version=RECORD_VERSION)))
 
-    def clear(self) -> None:
-        """The data is in S3: nothing to recover any more."""
+    def clear(self, *, now: bool = False) -> None:
+        """Nothing to recover any more.  After an upload (the data is in S3) the removal may
+        wait `CLEAR_DELAY` for the close's discard; `now`: the data belongs nowhere (its
+        file was unlinked or replaced), so a crash must not bring it back: written at once,
+        and the caller settles it before it answers."""
         if not self._gone:
+            self._clear_now = now
             self._ask(None)
 
     def discard(self) -> None:
@@ -195,7 +193,7 @@ class Record:
     # ---- the writer ----------------------------------------------------------
     async def _writer(self) -> None:
         self._scheduled = False
-        if self._want is None:
+        if self._want is None and not self._clear_now:
             # nothing to protect: give the discard that usually follows a chance to do it too
             await trio.sleep(CLEAR_DELAY)
         try:
@@ -251,6 +249,7 @@ class Record:
                 self.fd = -1
             _remove(self.data_name, self.dir_fd)
             return False
+        assert isinstance(want, str)  # the JSON text of the record: None and _DISCARD are handled above
         tmp = self.json_name + ".tmp"
         try:
             _remove(tmp, self.dir_fd, quiet=True)
@@ -312,7 +311,7 @@ class Journal:
         self.unsaved: set[Record] = set()  # records with a state not yet on disk
 
     @classmethod
-    def create(cls, store: Dir) -> "Journal":
+    def create(cls, store: Dir) -> Journal:
         """A new locked instance directory in the checked `store`."""
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{os.urandom(3).hex()}"
         os.mkdir(name, 0o700, dir_fd=store.fd)

@@ -74,7 +74,7 @@ class Attrs:
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
 
-    def copy(self) -> "Attrs":
+    def copy(self) -> Attrs:
         return dataclasses.replace(self, xattrs=dict(self.xattrs), extra=dict(self.extra),
                                    headers=dict(self.headers))
 
@@ -151,10 +151,12 @@ def attrs_from_object(*, key_is_dir: bool, size: int, etag: str | None, last_mod
     elif key_is_dir and not stat.S_ISDIR(mode):
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
     mtime = parse_time_ns(meta.get("mtime")) or last_modified_ns
+    uid = _c_int_header(meta, "uid")
+    gid = _c_int_header(meta, "gid")
     attrs = Attrs(
         mode=mode,
-        uid=_c_int_header(meta, "uid") if _c_int_header(meta, "uid") is not None else defaults.uid,
-        gid=_c_int_header(meta, "gid") if _c_int_header(meta, "gid") is not None else defaults.gid,
+        uid=uid if uid is not None else defaults.uid,
+        gid=gid if gid is not None else defaults.gid,
         size=size,
         mtime_ns=mtime,
         ctime_ns=parse_time_ns(meta.get("ctime")) or mtime,

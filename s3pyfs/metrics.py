@@ -37,7 +37,13 @@ import stat
 import tempfile
 import time
 import urllib.parse
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:                   # trio and prometheus_client load lazily
+    from wsgiref.simple_server import WSGIServer
+
+    from trio.lowlevel import TrioToken
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +194,8 @@ class Monitor:
         self._peak_dirty = 0
         self.last: dict | None = None
         self.path: str | None = None
-        self._httpd = None
-        self._token = None
+        self._httpd: WSGIServer | None = None
+        self._token: TrioToken | None = None
 
     # ---------------------------------------------------------------- state
     def _dirty(self, now: float) -> dict[str, Any]:
@@ -248,6 +254,8 @@ class Monitor:
                 "latency_seconds": {op: h.export() for op, h in sorted(c.s3_latency.items())},
             },
             "conflicts": c.conflicts,
+            "checksum": getattr(getattr(fs, "client", None), "checksum", None),
+            "checksum_fallbacks": c.checksum_fallbacks,
             "conditional_writes": getattr(getattr(fs, "client", None), "conditional_writes", None),
             "latency_bounds": list(LATENCY_BOUNDS),
         }
@@ -275,6 +283,7 @@ class Monitor:
         """Rewrite the statistics file every `interval` seconds (a task in the mount's nursery).
         The snapshot is taken on the trio thread; the file is written in a disk thread."""
         import trio
+
         from . import diskio
         self._token = trio.lowlevel.current_trio_token()
         while True:
@@ -355,7 +364,7 @@ def families(snap: dict) -> Iterable:
         fam = HistogramMetricFamily(f"s3pyfs_{name}", doc, labels=["operation"])
         bounds = [repr(float(b)) for b in snap["latency_bounds"]] + ["+Inf"]
         for op, h in per_op.items():
-            fam.add_metric([op], list(zip(bounds, h["cumulative"])), h["sum"])
+            fam.add_metric([op], list(zip(bounds, h["cumulative"], strict=True)), h["sum"])
         return fam
 
     fuse, s3, dirty = snap["fuse"], snap["s3"], snap["dirty"]
@@ -387,6 +396,8 @@ def families(snap: dict) -> Iterable:
                 "(0: none)", last_error["time"] if last_error else 0)
     yield counter("conflicts", "Uploads refused because S3 held another version than the one the data was "
                   "based on (data kept in lost+found)", snap.get("conflicts", 0))
+    yield counter("checksum_fallbacks", "Times the store refused the CRC checksum header of an upload "
+                  "(uploads send Content-MD5 from then on)", snap.get("checksum_fallbacks", 0))
     enforced = snap.get("conditional_writes")
     yield gauge("conditional_writes", "Does the store enforce conditional writes (1 yes, 0 no: checked by a HEAD "
                 "before each commit, -1 unknown)", -1 if enforced is None else int(enforced))

@@ -32,27 +32,37 @@ import logging
 import logging.handlers
 import os
 import signal
-import stat
 import socket
+import stat
 import sys
 
 import pyfuse3
 import trio
 
-from . import __version__, dirrename, journal, kernel, metrics, recovery, statedir
+from . import __version__, dirrename, journal, kernel, metrics, recovery, selinux, statedir
 from .concurrency import background_spawner
+from .core import Config
 from .credentials import resolve_static_keys
 from .disk_cache import DiskCache
-from .errors import (EXIT_DIRTY, EXIT_FAILURE, EXIT_OK, CredentialsError, FSError, MountError, NoSuchBucket,
-                     StartupError, StateDirError, UnreachableError, UsageError)
-from .core import Config
+from .errors import (
+    EXIT_DIRTY,
+    EXIT_FAILURE,
+    EXIT_OK,
+    CredentialsError,
+    FSError,
+    MountError,
+    NoSuchBucket,
+    StartupError,
+    StateDirError,
+    UnreachableError,
+    UsageError,
+)
 from .filesystem import Filesystem
 from .metadata import Defaults
 from .operations import Operations
 from .options import MountOptions
 from .s3args import request_args
 from .s3client import ClientSettings, open_client
-from . import selinux
 
 log = logging.getLogger("s3pyfs")
 
@@ -76,8 +86,9 @@ def check_fuse_fd(fd: int) -> None:
 
 def check_mountpoint(opts: MountOptions) -> None:
     path = opts.mountpoint
-    if fuse_fd(path) is not None:
-        return check_fuse_fd(fuse_fd(path))
+    fd = fuse_fd(path)
+    if fd is not None:
+        return check_fuse_fd(fd)
     try:
         st = os.stat(path)
         if os.path.ismount(path):
@@ -294,7 +305,7 @@ def setup_logging_reopen() -> None:
             log.info("SIGHUP: reopened log file %s", handler.baseFilename)
 
 
-async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, state: "State",
+async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readiness, state: State,
                 jrnl: journal.Journal) -> int:
     async with open_client(settings) as client:
         try:
@@ -388,7 +399,7 @@ def stats_info(opts: MountOptions, settings: ClientSettings) -> dict:
             "metrics_url": f"http://{host}:{opts.metrics[1]}/metrics" if opts.metrics else None}
 
 
-def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness, state: "State") -> int:
+def _serve_and_report(opts: MountOptions, settings: ClientSettings, readiness: Readiness, state: State) -> int:
     try:
         jrnl = journal.Journal.create(state.store)
     except (OSError, StateDirError) as exc:

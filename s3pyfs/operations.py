@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -142,6 +142,7 @@ class Operations(pyfuse3.Operations):
         failed = self._timed_out.get(repeat)
         if failed is None:
             return
+        assert self._progress is not None       # _note_timeout records only with one
         if trio.current_time() - failed < _REPEAT and self._progress.last < failed:
             deadline.seconds = min(deadline.seconds, _REPEAT_BOUND)
         else:

@@ -9,10 +9,9 @@ value itself is echoed only when it cannot be a secret.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import UsageError
-
 
 # ASCII digits only: int() and float() would also take ' 5', '+5', '1_000' and other
 # scripts' digits ('٣'), none of which s3fs or mount(8) accept

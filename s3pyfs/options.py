@@ -20,7 +20,8 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import option_values as v
 from .errors import UsageError

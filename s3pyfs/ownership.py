@@ -30,7 +30,7 @@ Waits for gates and locks end with RemoteTimeout at the system call's deadline
 from __future__ import annotations
 
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import trio
 
@@ -112,7 +112,7 @@ class Owners:
                 locks = [self._lock(ino) for ino in order]
                 taken: list[int] = []
                 try:
-                    for ino, each in zip(order, locks):
+                    for ino, each in zip(order, locks, strict=True):
                         await each.acquire()
                         taken.append(ino)
                 except BaseException:

@@ -56,7 +56,7 @@ Invariants:
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -66,7 +66,7 @@ from .errors import FSError, RemoteIOError
 from .hydrate import Hydration
 
 Data = bytes | bytearray | memoryview
-Fetch = Callable[..., Awaitable[bytes]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
+Fetch = Callable[..., Awaitable[bytes | bytearray]]      # fetch(start, end) or, with an etag, fetch(start, end, etag)
 Spawn = Callable[..., None]
 
 MIN_WINDOW = 1024 * 1024
@@ -81,7 +81,7 @@ class _Part:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: bytes | bytearray | None = None
+        self.data: Data | None = None
         self.error: FSError | None = None
         self.scope = trio.CancelScope()
         self.cancelled = False
@@ -102,12 +102,11 @@ class ObjectReader:
         self._spawn = spawn
         self._slots = trio.CapacityLimiter(max(1, parallel))
         self._buf_start = 0
-        self._buf = b""
+        self._buf: Data = b""
         self._next = 0
         self._run = 0                  # bytes read sequentially so far
         self._ahead = 2
         self._parts: dict[int, _Part] = {}
-        self.bytes_fetched = 0
         self._randoms = 0              # reads that continued nothing, after the first
         self._first = True
         self.hydration: Hydration | None = None
@@ -144,7 +143,7 @@ class ObjectReader:
             return await self._buffered(offset, end)
         return await self._exact(offset, end)   # a first or random read: no read-ahead
 
-    async def _exact(self, offset: int, end: int) -> bytes:
+    async def _exact(self, offset: int, end: int) -> Data:
         async with self._budget.held(IN_FLIGHT * (end - offset)):
             return await self._get(offset, end)
 
@@ -152,7 +151,6 @@ class ObjectReader:
         """Bytes [lo, hi) from S3 (pinned to the ETag when known), all of them or an error."""
         async with self._slots:
             data = await (self._fetch(lo, hi) if self.etag is None else self._fetch(lo, hi, self.etag))
-        self.bytes_fetched += len(data)
         if len(data) != hi - lo:
             raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
         return data
@@ -174,7 +172,7 @@ class ObjectReader:
             return
         etag = self.etag
 
-        async def get(lo: int, hi: int) -> bytes:
+        async def get(lo: int, hi: int) -> bytes | bytearray:
             data = await self._fetch(lo, hi, etag)
             if len(data) != hi - lo:
                 raise RemoteIOError(f"short read at {lo}: {len(data)} of {hi - lo} bytes")
@@ -183,20 +181,20 @@ class ObjectReader:
                                         HYDRATE_PARALLEL)
 
     # ---------------------------------------------------------------- buffered (random/small)
-    async def _buffered(self, offset: int, end: int) -> bytes:
+    async def _buffered(self, offset: int, end: int) -> Data:
         """The 1 MiB-aligned block(s) around [offset, end), kept as this handle's buffer."""
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
         async with self._budget.held(IN_FLIGHT * (min(self.size, (last + 1) * MIN_WINDOW) - first * MIN_WINDOW)):
             return await self._blocks_into_buffer(offset, end)
 
-    async def _blocks_into_buffer(self, offset: int, end: int) -> bytes:
+    async def _blocks_into_buffer(self, offset: int, end: int) -> Data:
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
         blocks = [await self._block(MIN_WINDOW, index) for index in range(first, last + 1)]
         data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
         self._buf_start, self._buf = first * MIN_WINDOW, data
         return memoryview(data)[offset - self._buf_start:end - self._buf_start]
 
-    async def _small_under_pressure(self, offset: int, end: int) -> bytes:
+    async def _small_under_pressure(self, offset: int, end: int) -> Data:
         """The 1 MiB blocks of [offset, end), with memory reserved (never waited for)."""
         first, last = offset // MIN_WINDOW, (end - 1) // MIN_WINDOW
         charge = IN_FLIGHT * (min(self.size, (last + 1) * MIN_WINDOW) - first * MIN_WINDOW)
@@ -230,7 +228,7 @@ class ObjectReader:
             self._storing -= 1
 
     # ---------------------------------------------------------------- streamed parts
-    async def _from_parts(self, offset: int, end: int) -> bytes:
+    async def _from_parts(self, offset: int, end: int) -> Data:
         first, last = offset // self.part, (end - 1) // self.part
         pressed = self._budget.pressed(IN_FLIGHT * self.part)
         keep_from = first if pressed else first - 1      # the part behind is kept only with room
@@ -250,6 +248,7 @@ class ObjectReader:
             slot = self._parts.get(index)
             if slot is None:           # dropped by a concurrent seek: fetch it for this read
                 slot = self._start_part(index, foreground=True)
+                assert slot is not None    # a foreground part is always started
             if slot.data is None and slot.error is None:
                 await self._wait_or_fetch(index, slot)
             if slot.cancelled or (slot.data is None and slot.error is None):   # dropped while we waited
@@ -263,6 +262,7 @@ class ObjectReader:
             if slot.error is not None:
                 self._discard(index)
                 raise slot.error
+            assert slot.data is not None   # neither failed nor dropped: it arrived
             lo = index * self.part
             chunks.append(memoryview(slot.data)[max(offset, lo) - lo:min(end, lo + self.part) - lo])
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)   # a read across parts: one copy

@@ -97,7 +97,7 @@ async def _recover_one(store: Dir, dead: Journal, record: Record, client, multip
         return Outcome(key, "kept", str(exc))
 
 
-async def _apply(store: str, record: Record, entry: dict, client, multipart_size: int, parallel: int) -> Outcome:
+async def _apply(store: Dir, record: Record, entry: dict, client, multipart_size: int, parallel: int) -> Outcome:
     key = entry["key"]
     size = os.fstat(record.fd).st_size
     source_limit = int(entry.get("source_limit") or 0)

@@ -38,7 +38,7 @@ def request_args(opts: MountOptions, environ: dict[str, str] | None = None) -> d
             if key_id:
                 args["SSEKMSKeyId"] = key_id
         else:
-            key = read_sse_c_key(detail or None, env)
+            key = read_sse_c_key(detail or None, environ)      # None: it reads os.environ
             args.update(SSECustomerAlgorithm="AES256", SSECustomerKey=key,
                         CopySourceSSECustomerAlgorithm="AES256", CopySourceSSECustomerKey=key)
     if opts.storage_class:

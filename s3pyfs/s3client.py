@@ -64,20 +64,20 @@ Invariants:
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import datetime
+import builtins
 import dataclasses
+import datetime
 import email.utils
 import functools
-import io
 import hashlib
+import io
 import logging
 import random
 import re
 import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any
 
 import aiohttp
 import trio
@@ -86,18 +86,33 @@ from aiobotocore.response import AioReadTimeoutError
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore import handlers as _botocore_handlers
-from botocore.exceptions import (BotoCoreError, ClientError, IncompleteReadError, NoCredentialsError,
-                                 PartialCredentialsError, ResponseStreamingError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ResponseStreamingError,
+)
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
 from . import checksums, metrics, s3get
 from .budget import MemoryBudget
 from .concurrency import Deadline, Progress, bounded, current_deadline, run_all
 from .credentials import StaticKeys
+from .errors import (
+    AccessDenied,
+    Conflict,
+    CredentialsError,
+    FSError,
+    NameTooLong,
+    NoSuchBucket,
+    NotFound,
+    RemoteIOError,
+    RemoteTimeout,
+)
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
-from .errors import (AccessDenied, Conflict, CredentialsError, FSError, NameTooLong, NoSuchBucket, NotFound,
-                     RemoteIOError, RemoteTimeout)
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +154,7 @@ def kept_headers(r: Mapping[str, Any]) -> dict[str, str]:
     headers = {name: str(r[name]) for name in CONTENT_HEADERS if r.get(name) and name != "Expires"}
     expires = r.get("ExpiresString") or r.get("Expires")
     if isinstance(expires, datetime.datetime):
-        expires = email.utils.format_datetime(expires.astimezone(datetime.timezone.utc), usegmt=True)
+        expires = email.utils.format_datetime(expires.astimezone(datetime.UTC), usegmt=True)
     if expires:
         headers["Expires"] = str(expires)
     if r.get("StorageClass"):
@@ -516,7 +531,7 @@ class S3Client:
             metrics.counters.s3_done(what, outcome or "error", started, retries=_retries(exc) + ours,
                                      message=str(error))
             raise error from None
-        except (OSError, asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             error = RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
             metrics.counters.s3_done(what, "connection", started, message=str(error))
             raise error from None
@@ -550,7 +565,9 @@ class S3Client:
             raise DamagedBody(f"{what}: short body ({len(data)} of {expected} bytes)")
         if not (self.etags_are_md5 and _md5_is_etag(r) and _whole_object(r, data)):
             return
-        digest, etag = (await _md5(data)).hex(), _etag(r["ETag"]).lower()
+        etag = _etag(r["ETag"])
+        assert etag is not None                     # _md5_is_etag: a plain MD5
+        digest, etag = (await _md5(data)).hex(), etag.lower()
         if digest == etag:
             return
         if digest in wrong:
@@ -626,6 +643,7 @@ class S3Client:
                                 wrong: set[str]):
         """The lean GET within its slot: request_timeout from now, cut by the system call's
         deadline (concurrency.bounded); answers move the mount's progress like `_do`'s."""
+        assert self._lean is not None                # get_range checked
         started = time.perf_counter()
         ours = 0
         try:
@@ -718,9 +736,10 @@ class S3Client:
             return r
         if "ContentMD5" in sums:
             digest = checksums.md5_hex(sums["ContentMD5"])
-            if self.etags_are_md5 and _md5_is_etag(r) and _etag(r["ETag"]).lower() != digest:
+            etag = _etag(r["ETag"]) if self.etags_are_md5 and _md5_is_etag(r) else None
+            if etag is not None and etag.lower() != digest:
                 # the store accepted our Content-MD5, so the bytes arrived whole: its ETags are no MD5s
-                self._etag_not_md5(what, _etag(r["ETag"]), digest)
+                self._etag_not_md5(what, etag, digest)
         return r
 
     @property
@@ -750,7 +769,7 @@ class S3Client:
 
     @staticmethod
     def _conflict(what: str, etag: str | None, exists: bool, if_match: str | None) -> Conflict:
-        won = (f"the object was deleted" if not exists else
+        won = ("the object was deleted" if not exists else
                f"version {etag} won" if etag else "another version won")
         based = f"this data was based on version {if_match}" if if_match else "this file was new here"
         return Conflict(f"{what}: {won}; {based}; not overwritten", current_etag=etag)
@@ -804,12 +823,12 @@ class S3Client:
                                     lambda: self._verified_upload(what, body, call), own_etag)
         return _etag(r.get("ETag"))
 
-    async def create_multipart(self, key: str, metadata: dict[str, str], content_type: str | None = None,
+    async def create_multipart(self, key: str, metadata: dict[str, str],
                                headers: Mapping[str, str] | None = None, *, checksum: bool = True) -> str:
         """A new multipart upload's id; it declares the checksum algorithm its parts carry
         (S3 refuses part checksums an upload did not declare).  `checksum=False`: parts that
         carry none (UploadPartCopy), so none is declared."""
-        kwargs = object_args(headers, content_type)
+        kwargs = object_args(headers)
         algorithm = self.checksum
         declared = checksums.MULTIPART_ALGORITHM.get(algorithm) if checksum else None
         refused: list[str] = []
@@ -890,19 +909,19 @@ class S3Client:
             log.warning("could not abort multipart upload of %s (%s); a lifecycle rule should remove it", key, exc)
 
     async def copy(self, source_key: str, key: str, size: int, metadata: dict[str, str] | None = None,
-                   content_type: str | None = None, parallel: int = 8,
-                   headers: Mapping[str, str] | None = None) -> str | None:
+                   parallel: int = 8, headers: Mapping[str, str] | None = None) -> str | None:
         """Server-side copy keeping what the object is.
 
         `metadata` given: it replaces the user metadata (MetadataDirective REPLACE) and
-        `headers` (the source's KEPT_HEADERS; `content_type` wins) are all re-sent.
+        `headers` (the source's KEPT_HEADERS) are all re-sent.
         `metadata` None: user metadata and Content-* headers are copied by S3, and the
         storage class and SSE-KMS key, which CopyObject does not carry, are sent from
         `headers`, or from a HEAD of the source when `headers` is None."""
         if size > MAX_SINGLE_COPY:
-            return await self._copy_multipart(source_key, key, size, metadata, content_type, parallel, headers)
+            return await self._copy_multipart(source_key, key, size, metadata, parallel, headers)
+        kwargs: dict[str, Any]
         if metadata is not None:
-            kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE", **object_args(headers, content_type)}
+            kwargs = {"Metadata": metadata, "MetadataDirective": "REPLACE", **object_args(headers)}
         else:
             if headers is None:
                 info = await self.head(source_key)
@@ -914,14 +933,14 @@ class S3Client:
             Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}, **kwargs))
         return _etag(r.get("CopyObjectResult", {}).get("ETag"))
 
-    async def _copy_multipart(self, source_key, key, size, metadata, content_type, parallel,
+    async def _copy_multipart(self, source_key, key, size, metadata, parallel,
                               headers=None) -> str | None:
         if metadata is None:
             info = await self.head(source_key)
             if info is None:
                 raise NotFound(f"COPY {source_key}: not found")
             metadata, headers = info.metadata, info.headers
-        upload_id = await self.create_multipart(key, metadata, content_type, headers, checksum=False)
+        upload_id = await self.create_multipart(key, metadata, headers, checksum=False)
         ranges = [(start, min(start + COPY_PART_SIZE, size)) for start in range(0, size, COPY_PART_SIZE)]
         etags: list[str] = [""] * len(ranges)
 
@@ -960,7 +979,7 @@ class S3Client:
     async def delete(self, key: str) -> None:
         await self._do(f"DELETE {key}", lambda: self._c.delete_object(Bucket=self.bucket, Key=key))
 
-    async def delete_many(self, keys: list[str]) -> None:
+    async def delete_many(self, keys: builtins.list[str]) -> None:      # `list` is the method above
         for start in range(0, len(keys), DELETE_BATCH):
             batch = keys[start:start + DELETE_BATCH]
             r = await self._do(f"DeleteObjects ({len(batch)} keys)", lambda: self._c.delete_objects(

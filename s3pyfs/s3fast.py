@@ -39,7 +39,8 @@ from __future__ import annotations
 import datetime
 import email.utils
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from botocore.awsrequest import AWSRequest
@@ -136,6 +137,7 @@ class FastPath:
     async def _send(self, operation: str, method: str, key: str, headers: dict[str, str],
                     body: bytes = b""):
         """The response, or None after an error (logged; botocore's path will report it)."""
+        assert self._base is not None       # callers check that the URL is known
         request = AWSRequest(method=method, url=self._base + _key_path(key), headers=headers, data=body)
         request.context.update(signing=dict(self._signing or {}), client_config=self._client.meta.config)
         try:

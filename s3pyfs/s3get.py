@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ssl
 import urllib.request
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import trio

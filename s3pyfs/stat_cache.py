@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
+
+if TYPE_CHECKING:
+    import trio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,12 +43,12 @@ class StatCache:
         self.negative_ttl = ttl if negative_ttl is None else min(negative_ttl, ttl)
         self.enabled = self.negative_ttl > 0 and maxsize > 0
         size = max(1, maxsize)
-        self._missing: TTLCache = TTLCache(size, max(self.negative_ttl, 1e-9))
-        self._listed: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))
-        self._large: TTLCache = TTLCache(max(1, size // 100), max(self.negative_ttl, 1e-9))
-        self._walked: TTLCache = TTLCache(max(1, size // 100), max(ttl, 1e-9))  # prefetched dirs
+        self._missing: TTLCache[str, bool] = TTLCache(size, max(self.negative_ttl, 1e-9))
+        self._listed: TTLCache[str, tuple[float, dict[str, ListedEntry], bool]] = TTLCache(max(1, size // 100), max(ttl, 1e-9))
+        self._large: TTLCache[str, bool] = TTLCache(max(1, size // 100), max(self.negative_ttl, 1e-9))
+        self._walked: TTLCache[str, bool] = TTLCache(max(1, size // 100), max(ttl, 1e-9))  # prefetched dirs
         self.changes = 0          # local namespace changes, to spot a listing that raced one
-        self.listing_in_flight: dict = {}   # dir prefix -> trio.Event of a LIST under way
+        self.listing_in_flight: dict[str, trio.Event] = {}   # dir prefix -> trio.Event of a LIST under way
         self.hits = 0
         self.misses = 0
 

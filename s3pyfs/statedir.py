@@ -66,7 +66,7 @@ class Dir:
         self.fd = fd
         self.path = path
 
-    def sub(self, name: str, create: bool = True) -> "Dir":
+    def sub(self, name: str, create: bool = True) -> Dir:
         """The private subdirectory `name` (created 0700 when missing and `create`)."""
         return Dir(open_private(self.fd, name, os.path.join(self.path, name), create), os.path.join(self.path, name))
 

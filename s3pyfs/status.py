@@ -157,6 +157,9 @@ def render(stats: dict | None, code: int, reasons: list[str], mountpoint: str, n
                 None: "conditional writes unknown (read-only, or the probe was refused)"}[enforced]
         conflicts = stats.get("conflicts", 0)
         lines.append(f"  writes      {text}" + (f", {conflicts} conflict(s) kept in lost+found" if conflicts else ""))
+    if stats.get("checksum"):
+        fell_back = " (the store refused CRC headers: fell back)" if stats.get("checksum_fallbacks") else ""
+        lines.append(f"  checksums   uploads carry {stats['checksum']}{fell_back}")
     cache = stats.get("stat_cache") or {}
     lookups = cache.get("hits", 0) + cache.get("misses", 0)
     ratio = f", {100 * cache.get('hits', 0) / lookups:.0f}% hits" if lookups else ""

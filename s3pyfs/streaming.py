@@ -39,7 +39,7 @@ import functools
 import io
 import logging
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
@@ -52,16 +52,10 @@ log = logging.getLogger(__name__)
 TIME_HEADERS = ("mtime", "ctime", "atime")
 
 
-def read_part(fd: int, offset: int, length: int) -> io.BytesIO:
-    """`length` bytes of a staging file at `offset`, read straight into a buffer that
-    the S3 client sends without another copy (see S3Client._verified_upload)."""
-    buf = _part_buffer(length)
-    _fill_part(fd, buf, offset, length)
-    return buf
-
-
 async def read_part_off_thread(fd: int, offset: int, length: int) -> io.BytesIO:
-    """`read_part` with the read in a disk thread (diskio.py).  The buffer is made on
+    """`length` bytes of a staging file at `offset`, read in a disk thread (diskio.py)
+    straight into a buffer that the S3 client sends without another copy
+    (S3Client._verified_upload).  The buffer is made on
     the calling thread: part buffers allocated in worker threads land in per-thread
     malloc arenas, which raised the peak RSS of 32 concurrent writers to 620 MiB
     (tests/test_memory.py: under 512 MiB with the buffer made here)."""
@@ -96,13 +90,12 @@ def without_times(metadata: dict[str, str]) -> dict[str, str]:
 
 class Stream:
     def __init__(self, client, key: str, metadata: dict[str, str], part: int, parallel: int,
-                 spawn: Callable[..., None], content_type: str | None = None,
+                 spawn: Callable[..., None],
                  track: Callable[[str, bool], None] = lambda upload_id, active: None,
                  headers: dict[str, str] | None = None):
         self.client = client
         self.key = key
         self.metadata = without_times(metadata)
-        self.content_type = content_type
         self.headers = dict(headers or {})
         self.part = part
         self.parallel = parallel
@@ -144,8 +137,7 @@ class Stream:
     async def _ensure_upload(self) -> str:
         async with self._create_lock:
             if self.upload_id is None:
-                self.upload_id = await self.client.create_multipart(self.key, self.metadata, self.content_type,
-                                                                    self.headers)
+                self.upload_id = await self.client.create_multipart(self.key, self.metadata, self.headers)
                 self.track(self.upload_id, True)
             return self.upload_id
 
@@ -182,12 +174,14 @@ class Stream:
             etags = await self._final_parts(fd, size)
         finally:
             self.finishing = False
-        etag = await self.client.complete_multipart(self.key, self.upload_id, etags, **(condition or {}))
-        self.track(self.upload_id, False)
+        upload_id = self.upload_id
+        assert upload_id is not None  # size > part: _final_parts started the upload if no part did
+        etag = await self.client.complete_multipart(self.key, upload_id, etags, **(condition or {}))
+        self.track(upload_id, False)
         self.upload_id = None
         if without_times(metadata) != self.metadata or self.explicit_times:
             etag = await self.client.copy(self.key, self.key, size, metadata=metadata,
-                                          content_type=self.content_type, parallel=self.parallel,
+                                          parallel=self.parallel,
                                           headers=self.headers) or etag
         return etag
 

@@ -75,7 +75,7 @@ import io
 import logging
 import math
 import os
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -94,7 +94,7 @@ MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 
 # (start, end) of the source object -> bytes; called (start, end, etag) to pin the version
-Fetch = Callable[..., Awaitable[bytes]]
+Fetch = Callable[..., Awaitable[bytes | bytearray]]
 
 
 def part_size_for(size: int, configured: int) -> int:
@@ -208,10 +208,11 @@ class Staging:
         if was_clean:
             self._journal()
 
-    def mark_clean(self) -> None:
-        """Nothing of this file needs saving any more (uploaded, or unlinked)."""
+    def mark_clean(self, *, gone: bool = False) -> None:
+        """Nothing of this file needs saving any more: uploaded, or (`gone`) its name was
+        unlinked or replaced, when the record's removal is written at once (journal.py)."""
         self.clean_generation = self.generation
-        self.record.clear()
+        self.record.clear(now=gone)
 
     def journal_changed(self) -> None:
         """Facts recovery needs changed (for the owner: metadata); a no-op when clean."""
@@ -278,7 +279,7 @@ class Staging:
                 await self._store_fetched(run, start, b"")
                 return
 
-            async def get() -> bytes:
+            async def get() -> bytes | bytearray:
                 if self.base_etag is None:
                     return await fetch(start, end)
                 try:
@@ -299,7 +300,7 @@ class Staging:
                 if event is not None:
                     event.set()
 
-    async def _store_fetched(self, run: list[int], start: int, data: bytes) -> None:
+    async def _store_fetched(self, run: list[int], start: int, data: bytes | bytearray) -> None:
         async with self._io:          # which blocks are still missing is decided under the lock
             pieces: list[tuple[int, memoryview]] = []
             view = memoryview(data)
@@ -462,7 +463,7 @@ class Staging:
 
     # ---- upload ------------------------------------------------------------
     async def upload(self, client, key: str, metadata: dict[str, str], fetch: Fetch,
-                     multipart_threshold: int, parallel: int, content_type: str | None = None,
+                     multipart_threshold: int, parallel: int,
                      headers: dict[str, str] | None = None) -> str | None:
         """Upload the whole content to `key` with `metadata` and the object's own system
         `headers`; returns the new ETag.  Raises FSError."""
@@ -486,10 +487,10 @@ class Staging:
                             body = io.BytesIO(mirror)        # a copy: later writes do not change it
                         else:
                             body = await read_part_off_thread(self.fd, 0, size)
-                        etag = await client.put(key, body, metadata, content_type, headers, **condition)
+                        etag = await client.put(key, body, metadata, None, headers, **condition)
                 else:
                     etag = await self._multipart(client, key, metadata, size, multipart_threshold, parallel,
-                                                 content_type, condition, headers)
+                                                 condition, headers)
             self._uploaded(generation, etag, key, size)
             return etag
 
@@ -535,12 +536,12 @@ class Staging:
             await stream.abort()
         return None
 
-    async def _multipart(self, client, key, metadata, size, configured_part, parallel, content_type, condition,
+    async def _multipart(self, client, key, metadata, size, configured_part, parallel, condition,
                          headers=None):
         part = part_size_for(size, configured_part)
         count = (size + part - 1) // part
         etags = [""] * count
-        upload_id = await client.create_multipart(key, metadata, content_type, headers)
+        upload_id = await client.create_multipart(key, metadata, headers)
         self.track_upload(upload_id, True)
         async def one(index: int) -> None:
             start = index * part

@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import support  # noqa: E402
+
 from s3pyfs.csi import csi_pb2 as pb  # noqa: E402
 from s3pyfs.csi import csi_pb2_grpc as pbg  # noqa: E402
 

@@ -65,7 +65,7 @@ class Fault:
     delay: float = 0.0                 # seconds, for kind "delay"
     hits: int = 0                      # how many times it fired
 
-    def matches(self, request: "_Request") -> bool:
+    def matches(self, request: _Request) -> bool:
         return ((self.method is None or request.method == self.method.upper())
                 and (self.query is None or self.query in request.query)
                 and (self.header is None or self.header.lower() in request.headers)

@@ -295,13 +295,13 @@ class SeaweedServer:
                          **config)
 
     # -- life cycle ---------------------------------------------------------
-    def start(self, timeout: float | None = None, attempts: int = 3) -> "SeaweedServer":
+    def start(self, timeout: float | None = None, attempts: int = 3) -> SeaweedServer:
         timeout = timeout or env_float("S3PYFS_TEST_SEAWEED_TIMEOUT", 60.0)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         for attempt in range(1, attempts + 1):
             (self.workdir / "data").mkdir(exist_ok=True)
-            self.ports = dict(zip(self.PORT_NAMES, self._pick_ports(len(self.PORT_NAMES))))
+            self.ports = dict(zip(self.PORT_NAMES, self._pick_ports(len(self.PORT_NAMES)), strict=True))
             error = self._launch(f"attempt {attempt}", timeout)
             if error is None:
                 return self
@@ -326,7 +326,7 @@ class SeaweedServer:
             stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
         return self._wait_ready(timeout)
 
-    def restart(self, timeout: float | None = None) -> "SeaweedServer":
+    def restart(self, timeout: float | None = None) -> SeaweedServer:
         """Start again after ``stop()``: same ports, same data (objects survive)."""
         if not self.ports:
             raise RuntimeError("restart() needs a server that was started before")
@@ -412,7 +412,7 @@ class MotoServer:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.endpoint = ""
 
-    def start(self) -> "MotoServer":
+    def start(self) -> MotoServer:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
@@ -541,7 +541,7 @@ class Mount:
     def __repr__(self) -> str:
         return f"<Mount {self.path} pid={self.proc.pid if self.proc else None}>"
 
-    def start(self) -> "Mount":
+    def start(self) -> Mount:
         self.path.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"=== {' '.join(self.cmd)}\n".encode())
@@ -621,7 +621,7 @@ class Mount:
                 except subprocess.TimeoutExpired:
                     stop_process(self.proc, grace=5)
                     raise MountError(self.describe(
-                        f"s3pyfs did not exit within {timeout:.0f}s after unmount; killed it"))
+                        f"s3pyfs did not exit within {timeout:.0f}s after unmount; killed it")) from None
         return self.proc.returncode if self.proc else None
 
     def close(self) -> list[str]:

@@ -81,7 +81,7 @@ async def test_uploads_carry_one_checksum_header(seaweed, s3, bucket, algorithm)
     uploads = [h for h in sent if "x-amz-checksum-crc32c" in h or "x-amz-checksum-crc32" in h
                or "content-md5" in h or h.get("content-length") in {str(len(b)) for b in bodies}]
     assert len(uploads) == 4, sent
-    for headers, body in zip(uploads, bodies):
+    for headers, body in zip(uploads, bodies, strict=True):
         present = sorted(name for name in SUM_HEADERS if name in headers)
         if algorithm == "none":
             assert present == []

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import support
+
 from s3pyfs.cli import main, parse_args
 from s3pyfs.metadata import Defaults, attrs_from_object
 

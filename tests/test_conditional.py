@@ -34,12 +34,11 @@ import threading
 import urllib.parse
 from pathlib import Path
 
-import pytest
-import trio
-
 import fault_proxy
+import pytest
 import support
 from fault_proxy import FaultProxy
+
 from s3pyfs.credentials import StaticKeys
 from s3pyfs.errors import Conflict
 from s3pyfs.journal import Journal

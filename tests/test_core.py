@@ -19,8 +19,8 @@ import boto3
 import pytest
 import trio
 
-from s3pyfs.errors import FSError
 from s3pyfs.core import Config
+from s3pyfs.errors import FSError
 from s3pyfs.filesystem import RENAME_NOREPLACE, Filesystem
 from s3pyfs.inodes import ROOT_INODE
 from s3pyfs.metadata import Defaults

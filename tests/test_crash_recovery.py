@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted

@@ -12,12 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted
@@ -190,7 +189,7 @@ class FakeInstanceMetadata(ThreadingHTTPServer):
                 if self.path == "/latest/meta-data/iam/security-credentials/":
                     return self._send("node-role")
                 if self.path == "/latest/meta-data/iam/security-credentials/node-role":
-                    expires = datetime.now(timezone.utc) + timedelta(hours=1)
+                    expires = datetime.now(UTC) + timedelta(hours=1)
                     return self._send(json.dumps({
                         "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": outer.keys[0],
                         "SecretAccessKey": outer.keys[1], "Token": "",

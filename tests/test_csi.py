@@ -18,10 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
+import botocore.exceptions
 import grpc
 import pytest
-
 import support
+
 from s3pyfs.csi import csi_pb2 as pb
 from s3pyfs.csi import csi_pb2_grpc as pbg
 
@@ -46,7 +47,7 @@ class Driver:
         self.socket_path, self.state_dir, self.log_path = socket_path, state_dir, log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Driver":
+    def start(self) -> Driver:
         cmd = [sys.executable, "-m", "s3pyfs", "csi", "--endpoint", f"unix://{self.socket_path}",
                "--node-id", "node-1", "--state-dir", str(self.state_dir), "--unpublish-timeout", "120"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -267,7 +268,7 @@ def test_bucket_per_volume_readonly_publish(driver, s3, seaweed, secrets, tmp_pa
         assert support.mount_entry(target) is None
 
         d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=bucket, secrets=secrets), timeout=TIMEOUT)
-        with pytest.raises(Exception):
+        with pytest.raises(botocore.exceptions.ClientError):
             s3.head_bucket(Bucket=bucket)
         d.controller.DeleteVolume(pb.DeleteVolumeRequest(volume_id=bucket, secrets=secrets), timeout=TIMEOUT)
     finally:

@@ -25,7 +25,6 @@ import subprocess
 import sys
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted

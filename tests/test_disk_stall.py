@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import support
 
 HERE = Path(__file__).resolve().parent

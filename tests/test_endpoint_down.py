@@ -7,7 +7,6 @@ import os
 import time
 
 import pytest
-
 from support import timed
 
 pytestmark = pytest.mark.mounted

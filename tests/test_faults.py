@@ -22,13 +22,12 @@ import errno
 import hashlib
 import os
 import time
-import urllib.parse
 
 import pytest
-import trio
-
 import support
+import trio
 from support import timed
+
 from s3pyfs.credentials import StaticKeys
 from s3pyfs.errors import RemoteIOError
 from s3pyfs.reader import ObjectReader

@@ -6,9 +6,8 @@ If these fail, failures elsewhere say little about s3pyfs.
 import re
 
 import pytest
-from botocore.exceptions import ClientError
-
 import support
+from botocore.exceptions import ClientError
 
 
 def error_code(excinfo) -> str:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import support
+
 from s3pyfs import selinux
 
 pytestmark = pytest.mark.mounted

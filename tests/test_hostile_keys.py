@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted

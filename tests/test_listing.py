@@ -15,9 +15,8 @@ import uuid
 
 import boto3
 import pytest
-import trio
-
 import support
+import trio
 
 from s3pyfs import metrics
 from s3pyfs.concurrency import background_spawner

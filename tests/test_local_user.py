@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import support
 
 NOBODY = 65534          # uid and gid of `nobody` / `nogroup`

@@ -8,7 +8,6 @@ the s3pyfs process's VmHWM (peak resident set) from /proc.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 
 import pytest

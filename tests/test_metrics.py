@@ -109,6 +109,7 @@ def test_exposition_is_standard_text_format_with_expected_names():
     c.s3_done("PUT k", "ok", 0.0, sent=123, retries=1)
     c.s3_done("HEAD k", "connection", 0.0, message="HEAD k: refused")
     c.s3_received(77)
+    c.checksum_fallbacks = 1
     text = metrics.exposition(monitor(fake_fs([staging(9)]), c).snapshot())
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
@@ -123,6 +124,7 @@ def test_exposition_is_standard_text_format_with_expected_names():
     assert samples[("s3pyfs_stat_cache_hits_total", ())] == 7
     assert samples[("s3pyfs_disk_cache_bytes", ())] == 2 * 1024**2
     assert samples[("s3pyfs_disk_cache_evictions_total", ())] == 1
+    assert samples[("s3pyfs_checksum_fallbacks_total", ())] == 1     # the store refused CRC headers once
     assert samples[("s3pyfs_s3_last_error_time_seconds", ())] > 0
     assert samples[("s3pyfs_s3_request_seconds_bucket", (("le", "+Inf"), ("operation", "GET")))] == 1
     assert samples[("s3pyfs_s3_request_seconds_count", (("operation", "GET"),))] == 1

@@ -12,9 +12,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 import support
+from prometheus_client.parser import text_string_to_metric_families
 from tcp_proxy import TcpProxy
 
 from s3pyfs import __version__, metrics

@@ -16,7 +16,6 @@ import time
 import urllib.parse
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted

@@ -33,7 +33,7 @@ MiB = 1024 * 1024
 CONTENT = {"ContentType": "text/x-s3pyfs-report", "CacheControl": "max-age=600, public",
            "ContentDisposition": 'attachment; filename="report.txt"', "ContentEncoding": "identity",
            "ContentLanguage": "de-CH"}
-EXPIRES = datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
+EXPIRES = datetime.datetime(2031, 2, 3, 4, 5, 6, tzinfo=datetime.UTC)
 EXPIRES_TEXT = "Mon, 03 Feb 2031 04:05:06 GMT"
 OWN = {"StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "s3pyfs-key-1"}
 FILE_MODE = stat.S_IFREG | 0o644

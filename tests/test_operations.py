@@ -7,8 +7,8 @@ import errno
 import pyfuse3
 import pytest
 
-from s3pyfs.errors import NotEmpty
 from s3pyfs.core import Config
+from s3pyfs.errors import NotEmpty
 from s3pyfs.metadata import Defaults
 from s3pyfs.operations import Operations
 

@@ -14,7 +14,6 @@ import stat
 import subprocess
 
 import pytest
-
 from test_lifecycle import open_point, start  # noqa: F401  (a mount point other users can reach)
 
 pytestmark = pytest.mark.mounted

@@ -14,7 +14,6 @@ import random
 import urllib.request
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted

@@ -31,7 +31,7 @@ async def _compare(endpoint: str, access_key: str, secret_key: str, s3, bucket: 
     async with open_client(settings) as client:
         fast = client._fast
         assert fast.enabled
-        for attempt in range(2):                 # the first HEAD teaches the URL via botocore
+        for _attempt in range(2):                # the first HEAD teaches the URL via botocore
             for key in KEYS:
                 info = await client.head(key)
                 expected = s3.head_object(Bucket=bucket, Key=key)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-
 import support
 
 pytestmark = pytest.mark.mounted

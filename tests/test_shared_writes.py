@@ -25,7 +25,6 @@ import threading
 import time
 
 import pytest
-
 from support import wait_until
 
 pytestmark = pytest.mark.mounted

@@ -78,7 +78,7 @@ class Fail(Exception):
         self.code = code
 
 
-def m_rename(model: "Model", src, dst) -> None:
+def m_rename(model: Model, src, dst) -> None:
     """rename(2) in the model: both parents resolve first, as in the kernel."""
     sparent = model.parent(src)
     dparent = model.parent(dst)
@@ -473,7 +473,7 @@ def fmt(result) -> str:
 def assert_same_bytes(got: bytes, want: bytes, what: str) -> None:
     if got == want:
         return
-    first = next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), min(len(got), len(want)))
+    first = next((i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y), min(len(got), len(want)))
     raise AssertionError(
         f"{what}: {len(got)} bytes (sha256 {hashlib.sha256(got).hexdigest()[:12]}), expected "
         f"{len(want)} (sha256 {hashlib.sha256(want).hexdigest()[:12]}); first difference at {first}")

@@ -45,9 +45,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
-import functools
 import dataclasses
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -59,14 +59,25 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+from fault_proxy import FaultProxy
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
-
-from fault_proxy import FaultProxy
 from support import wait_until
-from test_stateful import (Dir, Fail, File, Link, Model, assert_same_bytes, fmt, m_rename, outcome, payload, resize,
-                           write_into)
+from test_stateful import (
+    Dir,
+    Fail,
+    File,
+    Link,
+    Model,
+    assert_same_bytes,
+    fmt,
+    m_rename,
+    outcome,
+    payload,
+    resize,
+    write_into,
+)
 
 pytestmark = pytest.mark.mounted
 
@@ -85,7 +96,8 @@ lengths = st.sampled_from((0, 1, 5000, 70_000, MiB + 3))
 fill = st.integers(0, 255)
 modes = st.sampled_from((0o600, 0o640, 0o755))
 
-SETTINGS = settings(max_examples=int(os.environ.get("S3PYFS_SHARED_EXAMPLES", "20")), stateful_step_count=25, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=int(os.environ.get("S3PYFS_SHARED_EXAMPLES", "20")), stateful_step_count=25,
+                    deadline=None, derandomize=True,
                     database=None, phases=(Phase.explicit, Phase.generate),
                     suppress_health_check=list(HealthCheck))
 
@@ -561,7 +573,7 @@ def make_machine(mnts, proxies, states, s3, bucket):
             reasons = []
             for o in outcomes:
                 if len(o.results) != len(results) or \
-                        not all(same_result(w, g) for w, g in zip(o.results, results)):
+                        not all(same_result(w, g) for w, g in zip(o.results, results, strict=False)):
                     reasons.append(f"{o.label}: results would be {o.results}")
                     continue
                 if sorted(map(digest, o.lost)) != sorted(digest(d) for _, d in now_lost):
@@ -798,7 +810,7 @@ def test_two_mounts_with_concurrent_steps_match_the_model(s3, bucket, mount, sea
     mnts = []
     try:
         states = []
-        for proxy, name in zip(proxies, ("state-a", "state-b")):
+        for proxy, name in zip(proxies, ("state-a", "state-b"), strict=True):
             proxy.forward()
             state = tmp_path / name
             state.mkdir()

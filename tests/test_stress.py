@@ -37,7 +37,6 @@ import time
 import traceback
 
 import pytest
-
 from support import env_float
 
 pytestmark = pytest.mark.mounted
@@ -83,7 +82,7 @@ def describe_mix(data: bytes) -> str:
             if full.startswith(data):
                 return (f"{len(data)} bytes: the first {len(data)} of version (worker {worker}, "
                         f"seq {seq}) of {len(full)} bytes, cut at a stale size")
-            first = next(i for i, (x, y) in enumerate(zip(data, full)) if x != y) \
+            first = next(i for i, (x, y) in enumerate(zip(data, full, strict=False)) if x != y) \
                 if data[:len(full)] != full[:len(data)] else min(len(data), len(full))
             return (f"{len(data)} bytes: version (worker {worker}, seq {seq}) of {len(full)} "
                     f"bytes up to offset {first}, other bytes after")
@@ -251,7 +250,7 @@ class Worker:
 
     def run(self) -> dict:
         os.makedirs(os.path.join(self.own, "sub"))
-        names, weights = zip(*self.OPS)
+        names, weights = zip(*self.OPS, strict=True)
         error = None
         while time.time() < self.deadline:
             op = self.rng.choices(names, weights)[0]

@@ -12,6 +12,7 @@ deadline plumbing itself (concurrency.py, operations.py) on trio's autojump cloc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -22,18 +23,28 @@ import types
 import pyfuse3
 import pytest
 import trio
+from support import wait_until
 
-from s3pyfs.concurrency import Deadline, Progress, background_spawner, bounded, carrying, current_deadline, waiting
+from s3pyfs.concurrency import Deadline, Progress, background_spawner, bounded, carry, current_deadline, drop, waiting
 from s3pyfs.core import Config
 from s3pyfs.errors import RemoteTimeout
 from s3pyfs.metadata import Defaults
 from s3pyfs.operations import Operations
-from support import wait_until
 
 T = 6                 # request_timeout of these mounts
 FAST = f"retries=3,connect_timeout=1,readwrite_timeout=2,request_timeout={T},stat_cache_expire=0.5"
 BOUND = 1.5 * T + 2   # T (+ 2 s for the kernel's second try), slack for a loaded machine; the old code took 2 T
 GIVE_UP = 120         # a call still blocked after this long counts as hung (it is released at teardown)
+
+
+@contextlib.contextmanager
+def carrying(deadline):
+    """The block runs as a system call with `deadline` (what operations._guard does)."""
+    token = carry(deadline)
+    try:
+        yield
+    finally:
+        drop(token)
 
 
 @pytest.fixture(params=["blackhole", "sigstop"])

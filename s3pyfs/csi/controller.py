@@ -27,8 +27,18 @@ import grpc
 
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc as pbg
-from .volumes import (CsiError, Secrets, VolumeId, bucket_for_volume, check_capability, check_parameters, invalid,
-                      parse_secrets, parse_volume_id, prefix_for_volume)
+from .volumes import (
+    CsiError,
+    Secrets,
+    VolumeId,
+    bucket_for_volume,
+    check_capability,
+    check_parameters,
+    invalid,
+    parse_secrets,
+    parse_volume_id,
+    prefix_for_volume,
+)
 
 log = logging.getLogger("s3pyfs.csi")
 

@@ -40,7 +40,7 @@ import grpc
 from .. import kernel, status
 from . import csi_pb2 as pb
 from . import csi_pb2_grpc as pbg
-from .volumes import (CsiError, check_capability, invalid, mount_flags, parse_secrets, parse_volume_id, scrub)
+from .volumes import CsiError, check_capability, invalid, mount_flags, parse_secrets, parse_volume_id, scrub
 
 log = logging.getLogger("s3pyfs.csi")
 
@@ -222,8 +222,8 @@ class Node(pbg.NodeServicer):
         env.update(secrets.environment(), AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
                    AWS_SHARED_CREDENTIALS_FILE=os.devnull, S3PYFS_RUN_DIR=self.run_dir)
         try:
-            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=MOUNT_TIMEOUT, cwd="/")
+            done = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=MOUNT_TIMEOUT, cwd="/")
         except subprocess.TimeoutExpired:
             raise CsiError(grpc.StatusCode.DEADLINE_EXCEEDED,
                            f"s3pyfs did not report {target} mounted within {MOUNT_TIMEOUT:.0f} s") from None

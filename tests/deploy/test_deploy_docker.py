@@ -17,10 +17,17 @@ import subprocess
 import sys
 
 import pytest
-
 import support
-from deploy_support import (DEPLOY, S3PYFS_BIN, clean_env, cmdlines_of_tree, fstype, mounts_under,
-                            s3pyfs_pids_for, wait_for)
+from deploy_support import (
+    DEPLOY,
+    S3PYFS_BIN,
+    clean_env,
+    cmdlines_of_tree,
+    fstype,
+    mounts_under,
+    s3pyfs_pids_for,
+    wait_for,
+)
 
 pytestmark = pytest.mark.mounted
 

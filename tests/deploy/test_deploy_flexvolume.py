@@ -18,7 +18,6 @@ import time
 import uuid
 
 import pytest
-
 import support
 from deploy_support import DEPLOY, S3PYFS_BIN, VENV_BIN, fstype, s3pyfs_pids_for, wait_for
 

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 import yaml
-
 from deploy_support import DEPLOY, clean_env
 
 K8S = DEPLOY / "kubernetes"

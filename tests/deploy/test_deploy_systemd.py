@@ -23,7 +23,6 @@ import subprocess
 import time
 
 import pytest
-
 import support
 from deploy_support import DEPLOY, S3PYFS_BIN, VENV_BIN, clean_env, fstype, s3pyfs_pids_for, wait_for
 
@@ -203,7 +202,7 @@ def test_service_notifies_ready_when_mounted_and_stops_cleanly(seaweed, s3, buck
 
 # --------------------------------------------------------------------------- fstab and .mount
 def fstab_line_for(seaweed, bucket, point, passwd) -> str:
-    lines = [l for l in FSTAB.read_text().splitlines() if l.strip() and not l.startswith("#")]
+    lines = [line for line in FSTAB.read_text().splitlines() if line.strip() and not line.startswith("#")]
     assert len(lines) == 1
     source, where, fs_type, options, dump, fsck = lines[0].split()
     assert (where, fs_type, dump, fsck) == ("/mnt/photos", "fuse.s3pyfs", "0", "0")

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 import support
 from deploy_support import DEPLOY, S3PYFS_BIN, clean_env, fstype, s3pyfs_pids_for, wait_for
 
