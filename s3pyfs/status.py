@@ -38,7 +38,8 @@ def mounted_fstype(mountpoint: str, mountinfo: str = kernel.MOUNTINFO) -> str | 
     return entry[1] if entry else None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """A process with this pid exists (ours to signal or not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -59,7 +60,7 @@ def load(mountpoint: str) -> dict | None:
         except (OSError, ValueError):
             continue
         stats["stats_file"] = path
-        if isinstance(stats.get("pid"), int) and _alive(stats["pid"]):
+        if isinstance(stats.get("pid"), int) and alive(stats["pid"]):
             return stats
         newest = newest or stats
     return newest
@@ -71,7 +72,7 @@ def evaluate(stats: dict | None, fstype: str | None, now: float, window: float =
     if stats is None:
         return NOT_MOUNTED, ["no statistics file: not mounted by s3pyfs (or by an s3pyfs without status)"]
     pid = stats.get("pid")
-    if not isinstance(pid, int) or not _alive(pid):
+    if not isinstance(pid, int) or not alive(pid):
         return NOT_MOUNTED, [f"the s3pyfs process {pid} is gone (stale statistics; a dead mount needs "
                              f"fusermount3 -u {stats.get('mountpoint', '')})"]
     if fstype != "fuse.s3pyfs":

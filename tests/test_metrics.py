@@ -200,7 +200,7 @@ def _stats(now, **changes):
 
 def test_health_verdicts(monkeypatch):
     now = 1_700_000_100.0
-    monkeypatch.setattr(status, "_alive", lambda pid: pid == 4242)
+    monkeypatch.setattr(status, "alive", lambda pid: pid == 4242)
     ok = _stats(now)
     assert status.evaluate(ok, "fuse.s3pyfs", now) == (0, [])
     assert status.evaluate(None, None, now)[0] == 2

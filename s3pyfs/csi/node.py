@@ -302,12 +302,8 @@ def serving_pid(target: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not status.alive(pid):
         return False
-    except PermissionError:
-        return True
     try:          # a zombie (our own unreaped child) counts as gone
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
