@@ -118,6 +118,10 @@ def parse_args(argv: list[str]) -> MountOptions | None:
             setattr(opts, attr, os.path.abspath(getattr(opts, attr)))
     if opts.debug:
         opts.log_level = "DEBUG"
+    room = opts.key_max - len(opts.prefix.encode("utf-8"))
+    if room < 1:                  # not even a one-byte name fits below the prefix
+        raise UsageError(f"the prefix is {len(opts.prefix.encode('utf-8'))} bytes as a key; with key_max={opts.key_max} "
+                         f"no name fits below it (raise key_max or shorten the prefix)")
     if opts.multipart_size * 2 > opts.max_memory:      # a part buffer must fit the memory budget twice
         raise UsageError(f"multipart_size={opts.multipart_size} needs max_memory={opts.multipart_size * 2} "
                          f"or more (max_memory={opts.max_memory}); lower multipart_size or raise max_memory")

@@ -109,7 +109,7 @@ OPTIONS: tuple[Option, ...] = (
            "object without use_cache, fetch just the bytes each random read asks for."),
     # --- transfers and caches
     Option("name_max", "name_max", v.whole(1, 1024), "longest name in bytes of a new file, directory or link; longer ones are refused with ENAMETOOLONG before any data is written (default 255: SeaweedFS, MinIO and Linux's NAME_MAX; AWS S3 takes up to 1024 for a whole key). statfs reports it"),
-    Option("key_max", "key_max", v.whole(2, 4096), "longest whole S3 key in bytes (prefix included, with the '/' of a directory marker); a name whose key would be longer is refused with ENAMETOOLONG like a name longer than name_max (default 1024: AWS S3, MinIO, SeaweedFS)"),
+    Option("key_max", "key_max", v.whole(2, 4096), "longest whole S3 key in bytes (prefix included, with the '/' of a directory marker); a name whose key would be longer is refused with ENAMETOOLONG like a name longer than name_max, and a prefix that leaves no room for a name is refused at start (exit 2) (default 1024: AWS S3, MinIO, SeaweedFS)"),
     Option("multipart_size", "multipart_size", v.whole(5, 5120), "part size in MiB of multipart uploads; larger files use multipart (default 10)"),
     Option("max_memory", "max_memory", v.whole(16, 1024 * 1024), "MiB of data buffers (read-ahead, upload parts, fetches) all files together hold in memory (default 256)",
            details="Read-ahead shrinks when the budget is used up and writers wait for room; nothing fails for "

@@ -100,6 +100,8 @@ def test_an_option_given_twice_takes_the_last_value(tmp_path):
     (["b12..x", "/mnt"], "not a valid bucket name"),
     (["b12:/a/../b", "/mnt"], "'.' or '..'"),
     (["/mnt", "-o", "bucket=b12", "b13"], "given twice"),
+    (["b12:/" + "p" * 1100, "/mnt"], "no name fits below it"),
+    (["b12:/" + "p" * 300, "/mnt", "-o", "key_max=301"], "no name fits below it"),
 ])
 def test_bad_command_lines_exit_2(argv, words, capsys):
     assert main(argv) == 2
