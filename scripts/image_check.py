@@ -221,14 +221,20 @@ def csi_systemd(podman: Podman, image: str, server, summary: dict) -> None:
     check_systemd_mounter(podman, image, server, summary, say, CheckFailed)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def command_line(description: str) -> tuple[argparse.Namespace, Podman]:
+    """The options both image checks take (--image, --runtime, --nofile, --nproc) and the
+    Podman they describe."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--image", required=True)
     parser.add_argument("--runtime", default="runc")
     parser.add_argument("--nofile", type=int, default=20000)
     parser.add_argument("--nproc", type=int, default=20000)
     args = parser.parse_args()
-    podman = Podman(args.runtime, args.nofile, args.nproc)
+    return args, Podman(args.runtime, args.nofile, args.nproc)
+
+
+def main() -> int:
+    args, podman = command_line(__doc__.split("\n\n")[0])
     summary: dict = {"image": args.image}
     timings: dict = {}
     with tempfile.TemporaryDirectory(prefix="s3pyfs-image-check-") as tmp:

@@ -276,16 +276,8 @@ def check_systemd_mounter(podman, image: str, server, summary: dict, say, error:
 
 
 def main() -> int:
-    import argparse
-
     import image_check
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--runtime", default="runc")
-    parser.add_argument("--nofile", type=int, default=20000)
-    parser.add_argument("--nproc", type=int, default=20000)
-    args = parser.parse_args()
-    podman = image_check.Podman(args.runtime, args.nofile, args.nproc)
+    args, podman = image_check.command_line(__doc__.split("\n\n")[0])
     summary: dict = {}
     with tempfile.TemporaryDirectory(prefix="s3pyfs-image-check-") as tmp:
         server = support.SeaweedServer(Path(tmp) / "seaweed")
