@@ -322,7 +322,7 @@ async def serve(opts: MountOptions, settings: ClientSettings, readiness: Readine
                                opts.drain_timeout, prefix=opts.prefix)
         fs = Filesystem(client, make_config(opts, jrnl.directory), disk_cache=open_disk_cache(opts, state.base),
                         journal=jrnl)
-        ops = Operations(fs)
+        ops = Operations(fs, xattrs=opts.use_xattr)
         read_ahead = opts.read_ahead_kb and fuse_fd(opts.mountpoint) is None     # /dev/fd/N: no path to tune
         if read_ahead:
             ops.before_first_request = _read_ahead_setter(opts.mountpoint, opts.read_ahead_kb)

@@ -112,9 +112,12 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
 
-    def __init__(self, fs: Filesystem):
+    def __init__(self, fs: Filesystem, xattrs: bool = True):
         super().__init__()
         self.fs = fs
+        # without use_xattr, ENOSYS: the kernel then stops forwarding any xattr request
+        # (ls -l's security.selinux probe, write()'s security.capability probe) for good
+        self.xattrs = xattrs
         self.reraise_unexpected = False
         self.timeout = fs.cfg.stat_ttl
         # one deadline per request (concurrency.Deadline): its S3 requests and waits end by it
@@ -350,20 +353,28 @@ class Operations(pyfuse3.Operations):
         await self.fs.release(fh)
 
     # ---------------------------------------------------------------- xattrs, misc
+    def _require_xattrs(self) -> None:
+        if not self.xattrs:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+
     @_guard
     async def getxattr(self, inode, name, ctx):
+        self._require_xattrs()
         return await self.fs.getxattr(inode, _name(name))
 
     @_guard
     async def setxattr(self, inode, name, value, ctx):
+        self._require_xattrs()
         await self.fs.setxattr(inode, _name(name), value)
 
     @_guard
     async def listxattr(self, inode, ctx):
+        self._require_xattrs()
         return [os.fsencode(n) for n in await self.fs.listxattr(inode)]
 
     @_guard
     async def removexattr(self, inode, name, ctx):
+        self._require_xattrs()
         await self.fs.removexattr(inode, _name(name))
 
     @_guard

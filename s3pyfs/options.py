@@ -76,6 +76,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("fsname", "fsname", v.text, "source shown in /proc/mounts (default: BUCKET[:/PREFIX] as given)",
            details="mount -a recognises an fstab line as mounted when this equals the fstab source: leave it unset."),
     Option("auto_unmount", "auto_unmount", None, "let fusermount3 unmount when s3pyfs dies (libfuse option)"),
+    Option("use_xattr", "use_xattr", v.yes, "serve user.* extended attributes (get/set/list/remove), kept in the "
+           "object's x-amz-meta-xattr header as s3fs keeps them (default off, as in s3fs)", bare="1",
+           details="Off, the mount answers the first extended-attribute request with ENOSYS, after which the kernel "
+                   "answers every later one itself (EOPNOTSUPP, \"Operation not supported\") without asking: "
+                   "`ls -l` and every write() otherwise cost one request to the mount per file for the "
+                   "security.selinux or security.capability probe. Attributes already stored on objects are kept "
+                   "when files are rewritten, renamed or chmod-ed either way."),
     # --- objects written
     Option("use_sse", "sse", v.sse, "server-side encryption of written objects: 1, kmsid[:KEY_ID] or custom[:KEY_FILE]",
            bare="1", details="1 (or use_sse alone): SSE-S3. kmsid:KEY_ID (or k:KEY_ID): SSE-KMS with that key; "
@@ -128,7 +135,6 @@ OPTIONS: tuple[Option, ...] = (
     Option("enable_noobj_cache", None, None, _NO_EFFECT + "missing names are always cached briefly"),
     Option("listobjectsv2", None, None, _NO_EFFECT + "ListObjectsV2 is always used"),
     Option("complement_stat", None, None, _NO_EFFECT + "objects without mode metadata always get one from umask"),
-    Option("use_xattr", None, None, _NO_EFFECT + "user.* extended attributes are always supported"),
     Option("notsup_compat_dir", None, None, _NO_EFFECT + "every s3fs directory form is always read"),
     Option("kernel_cache", None, None, _NO_EFFECT + "s3pyfs decides page cache use per open"),
     Option("cipher_suites", None, v.ignored, _NO_EFFECT + "Python's TLS defaults already prefer AES-GCM"),
@@ -254,6 +260,7 @@ class MountOptions:
     hydrate_max: int | None = None      # MiB; None: disk_cache's default
     multipart_size: int = 10
     name_max: int = 255
+    use_xattr: bool = False
     key_max: int = 1024
     parallel_count: int = 8
     checksum: str = "crc32c"            # of upload bodies (checksums.py)

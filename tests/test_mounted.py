@@ -230,7 +230,7 @@ def test_symlink_in_s3fs_format_and_hard_link_refused(s3, bucket, mount):
 
 
 def test_user_xattrs_persist_in_s3fs_encoding(s3, bucket, mount):
-    m = mount(bucket)
+    m = mount(bucket, "use_xattr")
     path = m.path / "x"
     path.write_text("x")
     os.setxattr(path, "user.tag", b"v\x00\xfe")

@@ -69,11 +69,18 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 
 
 def test_accepted_without_effect_and_fstab_words(tmp_path):
-    opts = opts_for(tmp_path, "use_xattr,sigv4,listobjectsv2,complement_stat,enable_noobj_cache,imdsv1only,"
+    opts = opts_for(tmp_path, "sigv4,listobjectsv2,complement_stat,enable_noobj_cache,imdsv1only,"
                               "notsup_compat_dir,kernel_cache,max_background=1000,multireq_max=20,curldbg,"
                               "curldbg=body,default_permissions,_netdev,nofail,noauto,dev,suid,rw,user=alice,"
                               "x-systemd.automount,comment=foo")
     assert opts.kernel_options == [] and not opts.read_only
+
+
+def test_use_xattr_spellings(tmp_path):
+    assert not opts_for(tmp_path, "ro").use_xattr            # off by default, as in s3fs
+    assert opts_for(tmp_path, "use_xattr").use_xattr
+    assert opts_for(tmp_path, "use_xattr=1").use_xattr
+    assert not opts_for(tmp_path, "use_xattr,use_xattr=0").use_xattr
 
 
 @pytest.mark.parametrize("argv, message", [
