@@ -74,6 +74,7 @@ SEQUENTIAL_AFTER = 1024 * 1024
 HYDRATE_AFTER = 3              # random reads (after the first read) that start a hydration
 HYDRATE_PARALLEL = 2           # GETs in flight of one hydration
 STORES_BEHIND = 2              # disk-cache stores a reader leaves running behind it
+LATE_SPAN = 16 * 1024 * 1024   # reads this far behind the streaming front are late read-ahead, not seeks
 
 
 class _Part:
@@ -119,6 +120,8 @@ class ObjectReader:
         end = min(offset + size, self.size)
         if end <= offset:
             return b""
+        if self._parts and self._next - LATE_SPAN <= offset < self._next:
+            return await self._late(offset, end)   # the kernel's read-ahead, answered out of order
         sequential = offset == self._next
         continuing = sequential and self._run > 0
         self._run = self._run + (end - offset) if sequential else 0
@@ -228,6 +231,23 @@ class ObjectReader:
             self._storing -= 1
 
     # ---------------------------------------------------------------- streamed parts
+    async def _late(self, offset: int, end: int) -> Data:
+        """A read a little behind the streaming front: the kernel sends its read-ahead
+        requests of one window together and they may reach us out of order.  Answered
+        from the parts still kept, else fetched exactly; the stream's state (front,
+        window, parts) is left as it is, so neither a seek nor a refetch of parts follows."""
+        first, last = offset // self.part, (end - 1) // self.part
+        chunks = []
+        for index in range(first, last + 1):
+            slot = self._parts.get(index)
+            if slot is not None and not slot.done.is_set():
+                await slot.done.wait()
+            if slot is None or slot.data is None:    # discarded, dropped or failed
+                return await self._exact(offset, end)
+            lo = index * self.part
+            chunks.append(memoryview(slot.data)[max(offset, lo) - lo:min(end, lo + self.part) - lo])
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def _from_parts(self, offset: int, end: int) -> Data:
         first, last = offset // self.part, (end - 1) // self.part
         pressed = self._budget.pressed(IN_FLIGHT * self.part)
