@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
                     help="an s3pyfs tree to mount (default: this repository); NAME=DIR@OPTS adds -o OPTS")
     ap.add_argument("-o", dest="opts", default="", help="extra -o options for s3pyfs mounts")
+    ap.add_argument("--perf", metavar="PREFIX", help="perf record -g of the whole machine during each read")
     ap.add_argument("--profile", metavar="PREFIX",
                     help="py-spy raw profile of each s3pyfs read (idle frames too) to PREFIX.NAME.REP.txt")
     args = ap.parse_args()
@@ -222,6 +223,13 @@ def main() -> None:
                         time.sleep(1.0)         # the machine's busy rate without this read (outside load)
                         base_rate = machine_busy() - q0
                         s0, d0, k0 = self_cpu(), run_delay(pid), proc_sys(pid)
+                        perf = None
+                        if args.perf:
+                            import subprocess
+                            perf = subprocess.Popen(["perf", "record", "-a", "-F", "499", "-o",
+                                                     f"{args.perf}.{target}.{rep}.data"],
+                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            time.sleep(0.5)
                         c0, w0, b0, t0 = proc_cpu(pid), proc_cpu(weed_pid), machine_busy(), time.perf_counter()
                         if m is None:
                             direct.download([(k, size) for k in keys])
@@ -232,6 +240,9 @@ def main() -> None:
                         wall = time.perf_counter() - t0
                         c1, w1, b1 = proc_cpu(pid), proc_cpu(weed_pid), machine_busy()
                         s1, d1, k1 = self_cpu(), run_delay(pid), proc_sys(pid)
+                        if perf is not None:
+                            perf.send_signal(2)
+                            perf.wait(60)
                         if spy is not None:
                             spy.send_signal(2)
                             spy.wait(60)

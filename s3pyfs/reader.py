@@ -27,7 +27,12 @@ few, large, overlapping requests.
     parts).  The parts a read needs when there is room are reserved too.
     A first/random/small read waits for its bytes (`acquire`) while holding
     no parts.
-  * A read away from the parts (a seek) drops them and starts over.
+  * A read away from the parts (a seek) drops them and starts over.  A read
+    up to `LATE_SPAN` behind the streaming front is not a seek: the kernel
+    sends the requests of one read-ahead window together and they can arrive
+    out of order (seen with read_ahead_kb of 4-8 MiB); such a read is answered
+    from the parts still kept, else fetched exactly, and changes nothing of
+    the stream (front, window, parts).
   * With a disk cache, `HYDRATE_AFTER` random reads of an object no larger
     than `hydrate_max` start its hydration (hydrate.py): the whole object is
     fetched into the cache in the background, and reads of parts already
