@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--targets", default="direct,s3fs,s3pyfs")
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
                     help="an s3pyfs tree to mount (default: this repository); NAME=DIR@OPTS adds -o OPTS")
+    ap.add_argument("--tree-env", action="append", default=[], metavar="NAME:K=V",
+                    help="an environment variable for the mounts of tree NAME")
     ap.add_argument("-o", dest="opts", default="", help="extra -o options for s3pyfs mounts")
     ap.add_argument("--perf", metavar="PREFIX", help="perf record -g of the whole machine during each read")
     ap.add_argument("--profile", metavar="PREFIX",
@@ -209,6 +211,12 @@ def main() -> None:
                                                  extra_options=",".join(o for o in (args.opts, tree_opts.get(target, "")) if o)
                                                  if kind == "s3pyfs" else "",
                                                  source_dir=Path(trees[target]) if kind == "s3pyfs" else None)
+                        for item in args.tree_env:
+                            name, _, kv = item.partition(":")
+                            if name == target:
+                                k, _, v = kv.partition("=")
+                                base_env = m.env
+                                m.env = lambda base_env=base_env, k=k, v=v: {**base_env(), k: v}
                         m.mount()
                         if args.profile and kind == "s3pyfs":
                             import subprocess
