@@ -27,7 +27,12 @@ few, large, overlapping requests.
     parts).  The parts a read needs when there is room are reserved too.
     A first/random/small read waits for its bytes (`acquire`) while holding
     no parts.
-  * A read away from the parts (a seek) drops them and starts over.
+  * A read away from the parts (a seek) drops them and starts over.  A read
+    up to `LATE_SPAN` behind the streaming front is not a seek: the kernel
+    sends the requests of one read-ahead window together and they can arrive
+    out of order (seen with read_ahead_kb of 4-8 MiB); such a read is answered
+    from the parts still kept, else fetched exactly, and changes nothing of
+    the stream (front, window, parts).
   * With a disk cache, `HYDRATE_AFTER` random reads of an object no larger
     than `hydrate_max` start its hydration (hydrate.py): the whole object is
     fetched into the cache in the background, and reads of parts already
@@ -74,6 +79,7 @@ SEQUENTIAL_AFTER = 1024 * 1024
 HYDRATE_AFTER = 3              # random reads (after the first read) that start a hydration
 HYDRATE_PARALLEL = 2           # GETs in flight of one hydration
 STORES_BEHIND = 2              # disk-cache stores a reader leaves running behind it
+LATE_SPAN = 16 * 1024 * 1024   # reads this far behind the streaming front are late read-ahead, not seeks
 
 
 class _Part:
@@ -119,6 +125,8 @@ class ObjectReader:
         end = min(offset + size, self.size)
         if end <= offset:
             return b""
+        if self._parts and self._next - LATE_SPAN <= offset < self._next:
+            return await self._late(offset, end)   # the kernel's read-ahead, answered out of order
         sequential = offset == self._next
         continuing = sequential and self._run > 0
         self._run = self._run + (end - offset) if sequential else 0
@@ -228,6 +236,23 @@ class ObjectReader:
             self._storing -= 1
 
     # ---------------------------------------------------------------- streamed parts
+    async def _late(self, offset: int, end: int) -> Data:
+        """A read a little behind the streaming front: the kernel sends its read-ahead
+        requests of one window together and they may reach us out of order.  Answered
+        from the parts still kept, else fetched exactly; the stream's state (front,
+        window, parts) is left as it is, so neither a seek nor a refetch of parts follows."""
+        first, last = offset // self.part, (end - 1) // self.part
+        chunks = []
+        for index in range(first, last + 1):
+            slot = self._parts.get(index)
+            if slot is not None and not slot.done.is_set():
+                await slot.done.wait()
+            if slot is None or slot.data is None:    # discarded, dropped or failed
+                return await self._exact(offset, end)
+            lo = index * self.part
+            chunks.append(memoryview(slot.data)[max(offset, lo) - lo:min(end, lo + self.part) - lo])
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
     async def _from_parts(self, offset: int, end: int) -> Data:
         first, last = offset // self.part, (end - 1) // self.part
         pressed = self._budget.pressed(IN_FLIGHT * self.part)
