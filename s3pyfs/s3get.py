@@ -280,10 +280,10 @@ class LeanHTTP:
                 raise _Ended("connection closed before the answer's headers")
             data += chunk
             end = data.find(b"\r\n\r\n")
+            if end > _HEAD_MAX or (end < 0 and len(data) > _HEAD_MAX):
+                raise Truncated("answer headers too long")
             if end >= 0:
                 break
-            if len(data) > _HEAD_MAX:
-                raise Truncated("answer headers too long")
         lines = data[:end].decode("latin-1").split("\r\n")
         try:
             status = int(lines[0].split(" ", 2)[1])
