@@ -254,3 +254,16 @@ async def test_hostile_answers_are_a_clear_error_never_a_crash():
             assert info is not None and info.etag == "abc" and info.metadata == {"mode": "33188"}
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("signature", ["s3", "s3v4"])
+async def test_lean_head_signs_as_the_client_signs(seaweed, s3, bucket, signature):
+    """SigV2 (sigv2 option) and SigV4: the lean path signs with the class botocore chose."""
+    s3.put_object(Bucket=bucket, Key="a b/c", Body=b"abc", Metadata={"mode": "33188"})
+    async with open_client(_settings(seaweed, bucket, signature_version=signature)) as client:
+        await client.head("a b/c")
+        info = await client.head("a b/c")
+        assert info is not None and info.metadata == {"mode": "33188"}
+        assert client._lean.http.answers == {("HEAD", 200): 1}
+        assert bytes(await client.get_range("a b/c", 1, 3)) == b"bc"
+        assert type(client._lean.signer._snap.auth).__name__ == {"s3": "HmacV1Auth", "s3v4": "S3SigV4Auth"}[signature]
