@@ -13,9 +13,9 @@ Invariants:
     `concurrency.Deadline`), it also ends by that deadline, the wait for a slot
     included: one bound for all the requests, retries and parts of the call.
     Every answer (an S3 error too) moves the mount's `progress`.
-  * One request limiter for the whole mount (`_slots`, a trio CapacityLimiter
-    of `max_connections`, the size of the HTTP connection pool): every
-    request runs in `_do` holding a slot, and the request's own deadline
+  * One request limiter for the whole mount (s3request.Requests, a trio
+    CapacityLimiter of `max_connections`, the size of the HTTP connection
+    pool): every request runs in `Requests.do` holding a slot, and the request's own deadline
     starts once the slot is held (a system call's deadline counts the wait:
     a call queued behind busy slots while S3 answers nothing ends with
     EIO too; while S3 answers, its deadline moves on).  A slot is
@@ -24,7 +24,7 @@ Invariants:
     another one.  Fan-out limits (`concurrency.run_all`) stay per operation.
   * `memory` is the mount's `budget.MemoryBudget` (`max_memory`), which the
     read and write paths use for their part buffers; this module only owns it.
-  * What botocore does not retry is retried here (`_do`, same deadline, up to
+  * What botocore does not retry is retried (`Requests.run`, same deadline, up to
     `retries` tries, backoff): a response body cut short, reset or stalled
     while read (outside botocore's retry loop), a body failing its check, and
     BadDigest (an upload damaged on the way).
