@@ -13,8 +13,10 @@ Invariants:
     botocore's advisory refresh window before the credentials expire: then a
     new one is taken through the loop thread (which refreshes the
     credentials the way botocore's requests do), one taker at a time.
-  * `invalidate()` (a 403 on the lean path) drops the snapshot: the request
-    goes through botocore, the next one signs with a fresh snapshot.
+  * `invalidate()` (a 403 on the lean path) ends the snapshot once it is
+    `_MIN_AGE` old: the request goes through botocore, a later one signs with
+    a fresh snapshot (keys denied one object by policy cost at most one
+    snapshot a second, not one per request).
   * None instead of a signature whenever the URL is not learnt yet, the
     signer is one this path does not handle, or signing failed (the caller
     sends the request through botocore); secrets never reach a log line.
@@ -44,12 +46,13 @@ class LeanSigner:
         self._take = take             # a new snapshot, through the loop thread
         self._snap: Snapshot | None = None
         self._until = 0.0             # trio time after which `_snap` is not used
+        self._taken = 0.0             # trio time `_snap` was taken
         self._lock = trio.Lock()
         self.unusable = False         # the client's signer is one this path does not handle
         self.snapshots = 0            # for tests: snapshots taken
 
     def invalidate(self) -> None:
-        self._snap = None
+        self._until = min(self._until, self._taken + _MIN_AGE)
 
     async def _snapshot(self) -> Snapshot | None:
         if self._snap is not None and trio.current_time() < self._until:
@@ -67,7 +70,8 @@ class LeanSigner:
                 return None
             self.snapshots += 1
             self._snap = snap
-            self._until = trio.current_time() + max(_MIN_AGE, min(MAX_AGE, snap.fresh_for))
+            self._taken = trio.current_time()
+            self._until = self._taken + max(_MIN_AGE, min(MAX_AGE, snap.fresh_for))
             return snap
 
     async def sign(self, method: str, key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]] | None:
