@@ -1,4 +1,5 @@
-"""The narrow S3 API of s3pyfs; with its helper s3fast.py the only module importing aiobotocore/botocore.
+"""The narrow S3 API of s3pyfs; with its helpers (s3request, s3lean, s3sign, s3fast)
+the only modules importing aiobotocore/botocore.
 
 Responsibility: S3 requests for one bucket.  aiobotocore runs with its aiohttp
 backend on an asyncio loop in a dedicated thread (`loop_thread.LoopThread`);
@@ -12,9 +13,9 @@ Invariants:
     `concurrency.Deadline`), it also ends by that deadline, the wait for a slot
     included: one bound for all the requests, retries and parts of the call.
     Every answer (an S3 error too) moves the mount's `progress`.
-  * One request limiter for the whole mount (`_slots`, a trio CapacityLimiter
-    of `max_connections`, the size of the HTTP connection pool): every
-    request runs in `_do` holding a slot, and the request's own deadline
+  * One request limiter for the whole mount (s3request.Requests, a trio
+    CapacityLimiter of `max_connections`, the size of the HTTP connection
+    pool): every request runs in `Requests.do` holding a slot, and the request's own deadline
     starts once the slot is held (a system call's deadline counts the wait:
     a call queued behind busy slots while S3 answers nothing ends with
     EIO too; while S3 answers, its deadline moves on).  A slot is
@@ -23,7 +24,7 @@ Invariants:
     another one.  Fan-out limits (`concurrency.run_all`) stay per operation.
   * `memory` is the mount's `budget.MemoryBudget` (`max_memory`), which the
     read and write paths use for their part buffers; this module only owns it.
-  * What botocore does not retry is retried here (`_do`, same deadline, up to
+  * What botocore does not retry is retried (`Requests.run`, same deadline, up to
     `retries` tries, backoff): a response body cut short, reset or stalled
     while read (outside botocore's retry loop), a body failing its check, and
     BadDigest (an upload damaged on the way).
@@ -32,10 +33,12 @@ Invariants:
     a GET given the caller's ETag is pinned to it (If-Match, and the answer's
     ETag compared), and an object replaced meanwhile is a RemoteIOError
     saying so.
-  * Ranged GETs (`get_range`) go through s3get.py on the trio thread when the
-    URL is learnt and no extra GetObject arguments apply: same slot, deadline,
-    body checks, retries and counters as `_do`; whatever that path cannot
-    answer is sent again through botocore.
+  * HEADs and ranged GETs (`get_range`) go through s3lean.py on the trio
+    thread (signed there, no hop to the asyncio thread) when the URL is
+    learnt and no extra request arguments apply, inside the same slot,
+    deadline, body checks, retries and counters (s3request.Requests.run) as
+    every other request; whatever that path cannot answer is sent again
+    through botocore in the same try.
   * Uploads are verified: PutObject and UploadPart carry a checksum of the body
     (`checksum=`, checksums.py: x-amz-checksum-crc32c by default, or -crc32, or
     Content-MD5), so the server refuses a body damaged on the way (BadDigest,
@@ -74,45 +77,28 @@ import io
 import logging
 import random
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
-import aiohttp
 import trio
 from aiobotocore.config import AioConfig
-from aiobotocore.response import AioReadTimeoutError
 from aiobotocore.session import get_session
 from botocore import UNSIGNED
 from botocore import handlers as _botocore_handlers
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    IncompleteReadError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ResponseStreamingError,
-)
+from botocore.exceptions import BotoCoreError, ClientError
 from botocore.utils import parse_timestamp, parse_to_aware_datetime
 
-from . import checksums, metrics, s3get
+from . import checksums, metrics, s3lean
 from .budget import MemoryBudget
-from .concurrency import Deadline, Progress, bounded, current_deadline, run_all
+from .concurrency import Deadline, run_all
 from .credentials import StaticKeys
-from .errors import (
-    AccessDenied,
-    Conflict,
-    CredentialsError,
-    FSError,
-    NameTooLong,
-    NoSuchBucket,
-    NotFound,
-    RemoteIOError,
-    RemoteTimeout,
-)
+from .errors import AccessDenied, Conflict, CredentialsError, FSError, NotFound, RemoteIOError, RemoteTimeout
 from .loop_thread import LoopThread
 from .s3fast import FALLBACK, FastPath
+from .s3request import CHANGED as _CHANGED
+from .s3request import DamagedBody, ObjectChanged, Requests
+from .s3request import error_code as _error_code
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +108,6 @@ DELETE_BATCH = 1000
 HASH_IN_THREAD = 256 * 1024          # bodies at least this large are hashed off the trio thread
 FAST_PUT_MAX = 1024 * 1024           # PUTs of bodies up to this size skip botocore's pipeline
 
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
-_BAD_CREDS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-              "TokenRefreshRequired", "InvalidClientTokenId"}
 
 
 # System headers an object keeps when s3pyfs rewrites it (botocore's parameter names, the
@@ -225,40 +207,12 @@ class ClientSettings:
     signature_version: str | None = None        # None: SigV4; "s3": SigV2; "unsigned": anonymous
     credential_providers: tuple[str, ...] | None = None   # keep only these of botocore's chain
     checksum: str = "crc32c"                    # of upload bodies: crc32c | crc32 | md5 | none
-    lean_get: bool = True                       # ranged GETs through s3get.py (else all through botocore)
+    lean_get: bool = True                       # ranged GETs through s3lean.py (else all through botocore)
+    lean_head: bool = True                      # HEADs through s3lean.py (else through s3fast.py/botocore)
 
 
-class BadAnswer(Exception):
-    """An answer S3 gave that fails our checks; becomes RemoteIOError with this message."""
-    retry = False
-
-
-class DamagedBody(BadAnswer):
-    """A response body that is short or fails its MD5 check: tried again."""
-    retry = True
-
-
-class ObjectChanged(BadAnswer):
-    """A GET pinned to an ETag found another version of the object."""
-
-
-# Failures botocore does not retry but another try may cure: errors while reading a GET body
-# (it is read after botocore's retry loop has returned), a body failing its check, BadDigest.
-_BODY_ERRORS = (IncompleteReadError, ResponseStreamingError, AioReadTimeoutError, aiohttp.ClientPayloadError)
 _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
-_CHANGED = "the object changed while it was being read (its ETag is not the one read before)"
-_NOT_BASE = "S3 holds another version than the one this data was based on; not overwritten"
-# a conditional request whose condition did not hold (409: a concurrent conditional write won)
-_CONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 PROBE_NAME = ".s3pyfs-probe-"        # reserved key name of the conditional-write probe (prefix + this + hex)
-
-
-def _worth_another_try(exc: BaseException) -> bool:
-    if isinstance(exc, _BODY_ERRORS):
-        return True
-    if isinstance(exc, BadAnswer):
-        return exc.retry
-    return isinstance(exc, ClientError) and _error_code(exc) == "BadDigest"
 
 
 # what a store that does not know a checksum header (or ChecksumAlgorithm) answers
@@ -267,11 +221,6 @@ _CHECKSUM_REFUSED = {"InvalidArgument", "InvalidRequest", "NotImplemented", "501
 
 def _refuses_checksum(exc: ClientError) -> bool:
     return _error_code(exc) in _CHECKSUM_REFUSED
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds before try `attempt + 1`: 0.1, 0.2, 0.4 ... capped at 2, with full jitter."""
-    return random.uniform(0, min(2.0, 0.1 * 2 ** (attempt - 1)))
 
 
 def _md5_is_etag(r: Mapping[str, Any]) -> bool:
@@ -317,51 +266,6 @@ def _rewound(body: Body) -> Body:
     return body
 
 
-def _error_code(exc: ClientError) -> str:
-    err = exc.response.get("Error", {})
-    return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-
-
-def _retries(result: Any) -> int:
-    """botocore's RetryAttempts of a response (or of a ClientError), 0 when unknown."""
-    if isinstance(result, tuple):
-        result = result[0]
-    elif isinstance(result, ClientError):
-        result = result.response
-    if isinstance(result, dict):
-        return int(result.get("ResponseMetadata", {}).get("RetryAttempts") or 0)
-    return 0
-
-
-def _translate(exc: BaseException, what: str) -> FSError:
-    if isinstance(exc, ClientError):
-        code = _error_code(exc)
-        if code in _NOT_FOUND:
-            return NotFound(f"{what}: not found")
-        if code in _DENIED:
-            return AccessDenied(f"{what}: access denied")
-        if code == "NoSuchBucket":
-            return NoSuchBucket(f"{what}: the bucket does not exist")
-        if code == "KeyTooLongError":
-            return NameTooLong(f"{what}: the store refuses keys this long")
-        if code in _BAD_CREDS:
-            return AccessDenied(f"{what}: credentials rejected ({code})")
-        if code in _CONDITION_FAILED:
-            # a GET pinned to an ETag, or a conditional PUT / CompleteMultipartUpload
-            return Conflict(f"{what}: {_CHANGED if what.startswith('GET') else _NOT_BASE}")
-        request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-        error = RemoteIOError(f"{what}: S3 error {code} {request_id}".rstrip())
-        error.request_id = request_id
-        return error
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return AccessDenied(f"{what}: no usable credentials")
-    if isinstance(exc, ObjectChanged):
-        return Conflict(str(exc))
-    if isinstance(exc, BadAnswer):
-        return RemoteIOError(str(exc))
-    return RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
-
-
 # Reading an object that is not SSE-C encrypted with SSE-C headers is a 400 on AWS: such
 # requests are repeated once without the read-side key.
 _READ_SIDE_SSE_C = {
@@ -404,17 +308,6 @@ class _WithRequestArgs:
         return call
 
 
-def _lean_answer(headers: Mapping[str, str], received: int) -> dict[str, Any]:
-    """The fields of a GetObject answer `_check_body` reads, from s3get.py's headers."""
-    r: dict[str, Any] = {"ContentLength": int(headers.get("content-length", received))}
-    for field, header in (("ETag", "etag"), ("ContentRange", "content-range"),
-                          ("ServerSideEncryption", "x-amz-server-side-encryption"),
-                          ("SSECustomerAlgorithm", "x-amz-server-side-encryption-customer-algorithm")):
-        if header in headers:
-            r[field] = headers[header]
-    return r
-
-
 def _ns(dt) -> int:
     return int(dt.timestamp() * 1_000_000_000) if dt is not None else 0
 
@@ -451,16 +344,16 @@ class S3Client:
         # CompleteMultipartUpload ("complete")?  None: unknown (not probed, read-only, denied)
         self.enforced: dict[str, bool | None] = {"put": None, "complete": None}
         self._probing = False
-        self._slots = trio.CapacityLimiter(max(1, settings.max_connections))
-        self.progress = Progress()     # when S3 last answered: moves the system calls' deadlines
+        self._requests = Requests(settings)    # the request limiter and the loop of every request
+        self.progress = self._requests.progress  # when S3 last answered: moves the system calls' deadlines
         self.memory = MemoryBudget(settings.max_memory)
         raw = client._client if isinstance(client, _WithRequestArgs) else client
         self._fast = FastPath(raw, settings.bucket, settings.request_args)
-        # ranged GETs on trio sockets (s3get.py), signed by the client's signer on the loop thread
-        self._lean: s3get.LeanGet | None = s3get.LeanGet(
-            lambda key, headers: loop.run(self._fast.sign_get(key, headers)),
-            verify_tls=settings.verify_tls, max_idle=settings.max_connections,
-            connect_timeout=settings.connect_timeout) if settings.lean_get else None
+        # HEADs and ranged GETs on trio sockets, signed on the trio thread (s3lean.py)
+        self._lean: s3lean.LeanPath | None = s3lean.LeanPath(
+            self._fast, loop, verify_tls=settings.verify_tls, max_idle=settings.max_connections,
+            connect_timeout=settings.connect_timeout, head=settings.lean_head,
+            get=settings.lean_get) if settings.lean_get or settings.lean_head else None
         # botocore parses every 200 body once more only to see whether it is an <Error>
         # document; listings get a check of their closing tag instead (listing CPU per
         # 1,000 keys 0.061 -> 0.054 s, ARCHITECTURE.md "Performance")
@@ -471,76 +364,11 @@ class S3Client:
                   check: Callable[[Any], Coroutine[Any, Any, None]] | None = None) -> Any:
         """Run `op()` on the asyncio thread within the deadline; errors become FSError.
 
-        `check(result)` (in trio) may raise DamagedBody.  Failures that
-        `_worth_another_try` are tried again, all tries within the deadline.
-        Every request is counted here (metrics.py): operation (first word of
-        `what`), outcome, latency, `sent` body bytes, botocore's retries plus ours.
-        The call first takes a slot of the mount's request limiter (within the
-        system call's deadline, if one is carried); `request_timeout` and the
-        latency start once it holds one, and the system call's deadline still
-        applies."""
-        await self._take_slot(what)
-        try:
-            return await self._do_in_slot(what, op, sent, check)
-        finally:
-            self._slots.release()
-
-    async def _take_slot(self, what: str) -> None:
-        """A slot of the mount's request limiter, waited for within the system call's
-        deadline if one is carried (RemoteTimeout when it passes first)."""
-        started = time.perf_counter()
-        try:
-            if current_deadline() is None:
-                await self._slots.acquire()
-            else:
-                with bounded():                  # the system call's deadline
-                    await self._slots.acquire()
-        except trio.TooSlowError:
-            error = RemoteTimeout(f"{what}: no request slot free within {self.settings.request_timeout:g} s "
-                                  f"(all {self.settings.max_connections} busy, S3 silent)")
-            metrics.counters.s3_done(what, "timeout", started, message=str(error))
-            raise error from None
-
-    async def _do_in_slot(self, what, op, sent, check) -> Any:
-        started = time.perf_counter()
-        ours = 0
-        try:
-            with bounded(trio.current_time() + self.settings.request_timeout):
-                while True:
-                    try:
-                        result = await self._loop.run(op())
-                        if check is not None:
-                            await check(result)
-                        break
-                    except (ClientError, BotoCoreError, aiohttp.ClientError, BadAnswer) as exc:
-                        if ours + 1 >= self.settings.retries or not _worth_another_try(exc):
-                            raise
-                        ours += 1
-                        log.info("%s: %s; trying again (%d of %d)", what, exc, ours + 1, self.settings.retries)
-                        await trio.sleep(_backoff(ours))
-        except trio.TooSlowError:
-            error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
-            metrics.counters.s3_done(what, "timeout", started, message=str(error))
-            raise error from None
-        except (ClientError, BotoCoreError, BadAnswer) as exc:
-            if isinstance(exc, (ClientError, BadAnswer)):
-                self.progress.answered()         # an answer, if not the one wanted
-            error = _translate(exc, what)
-            outcome = (_error_code(exc) if isinstance(exc, ClientError)
-                       else "damaged" if isinstance(exc, BadAnswer) else "connection")
-            metrics.counters.s3_done(what, outcome or "error", started, retries=_retries(exc) + ours,
-                                     message=str(error))
-            raise error from None
-        except (TimeoutError, OSError, aiohttp.ClientError) as exc:
-            error = RemoteIOError(f"{what}: {type(exc).__name__}: {exc}")
-            metrics.counters.s3_done(what, "connection", started, message=str(error))
-            raise error from None
-        except trio.Cancelled:
-            metrics.counters.s3_done(what, "cancelled", started)
-            raise
-        self.progress.answered()
-        metrics.counters.s3_done(what, "ok", started, sent, _retries(result) + ours)
-        return result
+        `check(result)` (in trio) may raise DamagedBody.  s3request.Requests.do:
+        a slot of the mount's request limiter first, then `request_timeout` (cut
+        by the system call's deadline), retries of what botocore does not retry,
+        one count per request (metrics.py) with `sent` body bytes."""
+        return await self._requests.do(what, lambda: self._loop.run(op()), sent, check)
 
     def deadline(self) -> Deadline:
         """A new bound for one system call (operations.py): `request_timeout` seconds after
@@ -578,14 +406,24 @@ class S3Client:
 
     async def head(self, key: str) -> ObjectInfo | None:
         """Object info with user metadata, or None when the key does not exist."""
-        async def op():
+        what = f"HEAD {key}"
+
+        async def op():                             # on the asyncio thread
             r = await self._fast.head(key)         # s3fast.py: botocore's pipeline skipped
             if r is FALLBACK:
                 self._fast.learn_from(key)
                 r = await self._c.head_object(Bucket=self.bucket, Key=key)
             return r
+
+        async def attempt():
+            r = await self._lean.head(what, key) if self._lean is not None else s3lean.NOT_HERE
+            if r is s3lean.NOT_HERE:
+                return await self._loop.run(op())
+            if r is s3lean.FALLBACK:                # an answer the lean path leaves to botocore
+                return await self._loop.run(self._c.head_object(Bucket=self.bucket, Key=key))
+            return r
         try:
-            r = await self._do(f"HEAD {key}", op)
+            r = await self._requests.do(what, attempt)
         except NotFound:
             return None
         if r is None:
@@ -594,8 +432,11 @@ class S3Client:
                           _ns(r.get("LastModified")), dict(r.get("Metadata") or {}), r.get("ContentType"),
                           kept_headers(r))
 
-    async def _get(self, key: str, etag: str | None = None, **kwargs) -> tuple[dict, bytes]:
-        """GET with its body checked (`_check_body`); pinned to `etag` when given."""
+    async def _get(self, key: str, etag: str | None = None, lean: tuple[int, int] | None = None,
+                   **kwargs) -> tuple[dict, bytes | bytearray]:
+        """GET with its body checked (`_check_body`); pinned to `etag` when given.  With
+        `lean` (start, end), tried through s3lean.py first (the bytes straight into a
+        bytearray), through botocore when that path cannot answer."""
         wrong: set[str] = set()
         if etag:
             kwargs["IfMatch"] = f'"{etag}"'
@@ -606,12 +447,19 @@ class S3Client:
             async with r["Body"] as body:
                 return r, await body.read()
 
+        async def attempt():
+            if lean is not None and self._lean is not None:
+                result = await self._lean.get(what, key, lean[0], lean[1], etag)
+                if result is not s3lean.FALLBACK:
+                    return result
+            return await self._loop.run(op())
+
         async def check(result) -> None:
             r, data = result
             if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
                 raise ObjectChanged(f"{what}: {_CHANGED}")
             await self._check_body(what, r, data, wrong)
-        r, data = await self._do(what, op, check=check)
+        r, data = await self._requests.do(what, attempt, check=check)
         metrics.counters.s3_received(len(data))
         return r, data
 
@@ -622,72 +470,11 @@ class S3Client:
         With `etag`, only bytes of that version: Conflict if the object changed."""
         if end <= start:
             return b""
-        if self._lean is not None and self._fast.get_enabled:
-            data = await self._get_lean(key, start, end, etag)
-            if data is not FALLBACK:
-                return data
-        return (await self._get(key, etag, Range=f"bytes={start}-{end - 1}"))[1]
-
-    async def _get_lean(self, key: str, start: int, end: int, etag: str | None):
-        """get_range through s3get.py (same slot, deadline, checks, retries and counters as
-        `_do`), or FALLBACK when that path cannot answer (then botocore's does)."""
-        what = f"GET {key} bytes={start}-{end - 1}"
-        wrong: set[str] = set()
-        await self._take_slot(what)
-        try:
-            return await self._get_lean_in_slot(what, key, start, end, etag, wrong)
-        finally:
-            self._slots.release()
-
-    async def _get_lean_in_slot(self, what: str, key: str, start: int, end: int, etag: str | None,
-                                wrong: set[str]):
-        """The lean GET within its slot: request_timeout from now, cut by the system call's
-        deadline (concurrency.bounded); answers move the mount's progress like `_do`'s."""
-        assert self._lean is not None                # get_range checked
-        started = time.perf_counter()
-        ours = 0
-        try:
-            with bounded(trio.current_time() + self.settings.request_timeout):
-                while True:
-                    try:
-                        result = await self._lean.get(key, start, end, etag)
-                        if result is s3get.FALLBACK:
-                            return FALLBACK
-                        data, headers = result
-                        self.progress.answered()     # an answer: moves system calls' deadlines
-                        r = _lean_answer(headers, len(data))
-                        if etag and _etag(r.get("ETag")) != etag:     # a store that ignores If-Match
-                            raise ObjectChanged(f"{what}: {_CHANGED}")
-                        await self._check_body(what, r, data, wrong)
-                        break
-                    except (s3get.Truncated, DamagedBody) as exc:
-                        if ours + 1 >= self.settings.retries:
-                            raise DamagedBody(f"{what}: {exc}") from None
-                        ours += 1
-                        log.info("%s: %s; trying again (%d of %d)", what, exc, ours + 1, self.settings.retries)
-                        await trio.sleep(_backoff(ours))
-        except trio.TooSlowError:
-            error: FSError = RemoteTimeout(f"{what}: no answer within {self.settings.request_timeout:g} s")
-            metrics.counters.s3_done(what, "timeout", started, message=str(error))
-            raise error from None
-        except s3get.Changed:
-            self.progress.answered()
-            error = Conflict(f"{what}: {_CHANGED}")
-            metrics.counters.s3_done(what, "412", started, retries=ours, message=str(error))
-            raise error from None
-        except BadAnswer as exc:
-            error = _translate(exc, what)
-            metrics.counters.s3_done(what, "damaged", started, retries=ours, message=str(error))
-            raise error from None
-        except trio.Cancelled:
-            metrics.counters.s3_done(what, "cancelled", started)
-            raise
-        metrics.counters.s3_done(what, "ok", started, 0, ours)
-        metrics.counters.s3_received(len(data))
-        return data
+        lean = (start, end) if self._lean is not None and self._lean.get_enabled else None
+        return (await self._get(key, etag, lean, Range=f"bytes={start}-{end - 1}"))[1]
 
     async def get_all(self, key: str, etag: str | None = None) -> bytes:
-        return (await self._get(key, etag))[1]
+        return cast(bytes, (await self._get(key, etag))[1])       # botocore's way: bytes
 
     async def _sums(self, body: Body) -> tuple[str, dict[str, str]]:
         """The mount's checksum algorithm now and the request fields for `body`."""

@@ -29,13 +29,17 @@ Invariants:
     system headers (Content-*, Cache-Control, Expires as `ExpiresString`,
     storage class, SSE and KMS key id) besides length, ETag, date and metadata,
     and the If-Match / If-None-Match header of a conditional commit when given.
-  * GETs are only signed here (`sign_get`) and sent by s3get.py on the trio
-    thread; not when GetObject would carry extra arguments (SSE-C).
+  * For s3lean.py's HEADs and GETs on the trio thread, `snapshot()` hands out
+    the auth instance the client's signer builds for the learnt signing
+    context (its frozen credentials, refreshed by the signer as botocore
+    does) and how long it may be used (s3sign.py); s3lean.py does not sign
+    GETs when GetObject would carry extra arguments (SSE-C).
   * Runs on the asyncio thread of `loop_thread.LoopThread`, like the client.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import email.utils
 import logging
@@ -43,6 +47,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+import botocore.auth
+from botocore import UNSIGNED
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
 from botocore.utils import parse_timestamp
@@ -67,7 +73,7 @@ _SUM_HEADERS = {"ContentMD5": "Content-MD5", "ChecksumCRC32C": "x-amz-checksum-c
                 "ChecksumCRC32": "x-amz-checksum-crc32"}
 
 
-def _key_path(key: str) -> str:
+def key_path(key: str) -> str:
     """The key as botocore puts it in a URL path (its `percent_encode(key, safe='/~')`)."""
     return quote(key.encode("utf-8"), safe="/~")
 
@@ -94,6 +100,25 @@ def head_response(headers: Mapping[str, str]) -> dict[str, Any]:
     return r
 
 
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What s3sign.py signs with on the trio thread."""
+    auth: Any                    # botocore auth instance holding frozen credentials; None: unsigned
+    base: str                    # URL up to the key
+    signing: dict                # the learnt signing context (request.context["signing"])
+    config: Any                  # the client's config (S3SigV4Auth reads payload_signing_enabled)
+    fresh_for: float             # seconds until the credentials enter botocore's refresh window
+
+
+def _fresh_for(credentials, now: datetime.datetime) -> float:
+    """Seconds until botocore would refresh `credentials` (inf when they never expire)."""
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime.datetime):
+        return float("inf")
+    window = getattr(credentials, "_advisory_refresh_timeout", 15 * 60)
+    return (expiry - now).total_seconds() - float(window)
+
+
 def _takes_any(client, operation: str, request_args: Mapping[str, Any]) -> bool:
     members = client.meta.service_model.operation_model(operation).input_shape.members
     return any(name in members for name in request_args)
@@ -108,16 +133,19 @@ class FastPath:
         self.get_enabled = self.enabled and not _takes_any(client, "GetObject", request_args)
         self._base: str | None = None            # URL up to the key, learnt from botocore
         self._signing: dict | None = None
+        self._version: Any = None                # signature version botocore chose for HeadObject
+        self._names: tuple[str, str] = ("s3", "us-east-1")   # signing name, region of the client
         self._learning: str | None = None        # key of the botocore HEAD being watched
         if self.enabled:
             client.meta.events.register("before-sign.s3.HeadObject", self._watch)
 
-    def _watch(self, request, **_kwargs) -> None:
+    def _watch(self, request, signature_version=None, signing_name="s3", region_name="us-east-1",
+               **_kwargs) -> None:
         """botocore's hook: learn URL and signing context from a HEAD of `_learning`."""
         key, self._learning = self._learning, None
         if key is None or self._base is not None:
             return
-        url, path = request.url, _key_path(key)
+        url, path = request.url, key_path(key)
         base = url[:-len(path)] if url.endswith("/" + path) and "?" not in url else ""
         parts = urlsplit(base)
         # the endpoint part only: path style (/bucket/) or virtual host (bucket.host/)
@@ -125,8 +153,10 @@ class FastPath:
                 (parts.path == "/" and parts.netloc.startswith(self._bucket + "."))):
             log.debug("HEAD URL %s not understood; HEAD stays on botocore's path", url)
             return
-        self._base = base
         self._signing = dict(request.context.get("signing") or {})
+        self._version = signature_version
+        self._names = (signing_name, region_name)
+        self._base = base
         self._client.meta.events.unregister("before-sign.s3.HeadObject", self._watch)
 
     def learn_from(self, key: str) -> None:
@@ -138,7 +168,7 @@ class FastPath:
                     body: bytes = b""):
         """The response, or None after an error (logged; botocore's path will report it)."""
         assert self._base is not None       # callers check that the URL is known
-        request = AWSRequest(method=method, url=self._base + _key_path(key), headers=headers, data=body)
+        request = AWSRequest(method=method, url=self._base + key_path(key), headers=headers, data=body)
         request.context.update(signing=dict(self._signing or {}), client_config=self._client.meta.config)
         try:
             await self._client._request_signer.sign(operation, request)
@@ -147,21 +177,34 @@ class FastPath:
             log.debug("fast %s %s: %s: %s; sending it through botocore", method, key, type(exc).__name__, exc)
             return None
 
-    async def sign_get(self, key: str, headers: dict[str, str]) -> tuple[str, dict[str, str]] | None:
-        """URL and signed headers of a GET of `key` with `headers` (Range, If-Match), for
-        s3get.py to send on the trio thread; None when the URL is not learnt yet or
-        signing failed (logged)."""
-        if self._base is None or not self.get_enabled:
+    @property
+    def learnt(self) -> bool:
+        return self._base is not None
+
+    async def snapshot(self) -> Snapshot | None:
+        """The client's own auth instance for the learnt signing context, built now (the
+        signer refreshes expiring credentials first), or None when the URL is not learnt
+        or the signer is of a kind s3sign.py does not handle (tokens, identity caches).
+        Raises what the credentials' refresh raises."""
+        if self._base is None:
             return None
-        request = AWSRequest(method="GET", url=self._base + _key_path(key), headers=headers)
-        request.context.update(signing=dict(self._signing or {}), client_config=self._client.meta.config)
-        try:
-            await self._client._request_signer.sign("GetObject", request)
-        except Exception as exc:        # noqa: BLE001
-            log.debug("signing GET %s: %s: %s; sending it through botocore", key, type(exc).__name__, exc)
-            return None
-        prepared = request.prepare()
-        return prepared.url, dict(prepared.headers.items())
+        signing = dict(self._signing or {})
+        auth = None
+        if self._version is not UNSIGNED:
+            cls = botocore.auth.AUTH_TYPE_MAPS.get(self._version)
+            if (cls is None or getattr(cls, "REQUIRES_TOKEN", False) or getattr(cls, "REQUIRES_IDENTITY_CACHE", False)
+                    or "request_credentials" in signing or signing.get("identity_cache") is not None):
+                log.debug("signer %s not handled on the trio thread", self._version)
+                return None
+            signer = self._client._request_signer
+            name, region = self._names
+            auth = await signer.get_auth_instance(signing_name=signing.get("signing_name") or name,
+                                                  region_name=signing.get("region") or region,
+                                                  signature_version=self._version)
+            fresh_for = _fresh_for(getattr(signer, "_credentials", None), datetime.datetime.now(datetime.UTC))
+        else:
+            fresh_for = float("inf")
+        return Snapshot(auth, self._base, signing, self._client.meta.config, fresh_for)
 
     async def head(self, key: str) -> Any:
         """botocore-shaped HeadObject response, None when absent, or FALLBACK."""

@@ -1,21 +1,26 @@
-"""Ranged GETs on trio sockets, the body received straight into one buffer.
+"""HEADs and ranged GETs on trio sockets, a GET body received straight into one buffer.
 
-Responsibility: the download path of s3client.get_range.  botocore/aiohttp
-cost 1.4-2.2 s of CPU per GiB (chunks received, queued, joined, bridged back
-from the asyncio thread); a plain HTTP/1.1 GET on a trio socket whose body is
-received with `recv_into` a preallocated bytearray costs about a third of it.
-`LeanGet.get` sends one GET signed by the aiobotocore client's own signer (on
-the asyncio thread, through `s3fast.FastPath.sign_get`: same credentials and
-their refresh) and receives the answer on the trio thread over a keep-alive
-connection of its own pool.
+Responsibility: the HTTP/1.1 side of s3lean.py.  botocore/aiohttp cost 1.4-2.2 s
+of CPU per GiB (chunks received, queued, joined, bridged back from the asyncio
+thread) and about 1 ms per HEAD; a plain HTTP/1.1 request on a trio socket,
+a GET body received with `recv_into` a preallocated bytearray, costs a
+fraction of it.  `LeanHTTP` sends a HEAD or a GET signed by `sign` (s3sign.py:
+on the trio thread, with the client's own auth class and credentials) over a
+keep-alive connection of its own pool.
 Invariants:
-  * The answer is all of the bytes asked for or an exception, never fewer:
+  * A GET answer is all of the bytes asked for or an exception, never fewer:
     a body must have its Content-Length (or complete chunked framing), and a
     connection closed mid-body is `Truncated` (s3client tries again).
-  * Only 200/206 are answered here; 412 (the pinned ETag no longer holds) is
-    `Changed`; anything else (redirect, 4xx, 5xx, a URL not learnt yet, a
-    connection that cannot be made) returns `FALLBACK` and the caller sends
-    the request through botocore, which retries and reports errors as usual.
+  * A HEAD answer is its status and headers, never a body: none follows a HEAD
+    answer, whatever its Content-Length says; bytes after the headers close
+    the connection.
+  * GETs: only 200/206 are answered here; 412 (the pinned ETag no longer
+    holds) is `Changed`; anything else (redirect, 4xx, 5xx) returns
+    `FALLBACK` and the caller sends the request through botocore, which
+    retries and reports errors as usual.  A 403 (to either method) also
+    calls `denied()` (s3sign.py drops its credentials snapshot).
+  * `FALLBACK` too when no signature is given (URL not learnt yet) or no
+    connection can be made.
   * A connection goes back to the pool only after its whole answer was read
     and the server did not ask to close it; a pooled connection that fails
     before any byte of the answer arrived (closed while idle) is retried once
@@ -24,12 +29,15 @@ Invariants:
     (one copy: kernel -> buffer); https goes through trio.SSLStream (one more
     copy).  No deadline here: the caller's `request_timeout` bounds each call.
   * Never used through a proxy: with HTTP(S)_PROXY set for the endpoint
-    (and no NO_PROXY match) every GET goes the botocore way, which honours it.
+    (and no NO_PROXY match) every request goes the botocore way, which honours it.
+  * Header values are decoded as latin-1 (every byte is one character, no
+    decoding error); answer headers longer than 64 KiB are `Truncated`.
   * Runs on the trio thread only; `close()` closes every pooled connection.
 """
 
 from __future__ import annotations
 
+import collections
 import ssl
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -43,7 +51,7 @@ FALLBACK = object()
 _HEAD_MAX = 64 * 1024
 _RECV = 1024 * 1024
 
-Sign = Callable[[str, dict], Awaitable["tuple[str, dict] | None"]]
+Sign = Callable[[str, str, dict], Awaitable["tuple[str, dict] | None"]]   # (method, key, headers)
 
 
 class Changed(Exception):
@@ -96,16 +104,18 @@ class _Conn:
                 pass
 
 
-class LeanGet:
+class LeanHTTP:
     def __init__(self, sign: Sign, *, verify_tls: bool = True, max_idle: int = 32,
-                 connect_timeout: float = 5.0):
+                 connect_timeout: float = 5.0, denied: Callable[[], None] = lambda: None):
         self._sign = sign
+        self._denied = denied
         self._verify = verify_tls
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._max_idle = max_idle
         self._connect_timeout = connect_timeout
         self._ssl: ssl.SSLContext | None = None
         self.connections_made = 0     # for tests: keep-alive reuse is observable
+        self.answers: collections.Counter[tuple[str, int]] = collections.Counter()   # (method, status)
         self._direct: dict[tuple[str, str], bool] = {}   # (scheme, host) -> no proxy configured for it
         self.closed = False
 
@@ -150,7 +160,7 @@ class LeanGet:
                                                     or bool(urllib.request.proxy_bypass(host)))
         return known
 
-    # ---------------------------------------------------------------- GET
+    # ---------------------------------------------------------------- requests
     async def get(self, key: str, start: int, end: int, etag: str | None = None):
         """(bytearray of bytes [start, end), answer headers) or FALLBACK.
 
@@ -159,7 +169,14 @@ class LeanGet:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if etag:
             headers["If-Match"] = f'"{etag}"'
-        signed = await self._sign(key, headers)
+        return await self._request("GET", key, headers, end - start)
+
+    async def head(self, key: str):
+        """(status, answer headers) of a HEAD of `key`, or FALLBACK."""
+        return await self._request("HEAD", key, {}, 0)
+
+    async def _request(self, method: str, key: str, headers: dict[str, str], wanted: int):
+        signed = await self._sign(method, key, headers)
         if signed is None:
             return FALLBACK
         url, sent_headers = signed
@@ -170,7 +187,7 @@ class LeanGet:
         if not self._is_direct(scheme, where[1]):
             return FALLBACK            # a proxy is configured (HTTP(S)_PROXY): botocore uses it
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {parts.netloc}"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{name}: {value}" for name, value in sent_headers.items() if name.lower() != "host"]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         for _ in range(2):
@@ -183,7 +200,9 @@ class LeanGet:
                 except (OSError, trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError):
                     return FALLBACK
             try:
-                return await self._exchange(where, conn, request, end - start)
+                if method == "HEAD":
+                    return await self._exchange_head(where, conn, request)
+                return await self._exchange(where, conn, request, wanted)
             except _StaleConnection:
                 conn.close()             # closed by the server while idle: once more, fresh
                 continue
@@ -192,7 +211,8 @@ class LeanGet:
                 raise
         return FALLBACK
 
-    async def _exchange(self, where, conn: _Conn, request: bytes, wanted: int):
+    async def _answer(self, method: str, conn: _Conn, request: bytes):
+        """Send `request`, read the answer's status line and headers."""
         try:
             await conn.send(request)
             status, headers, rest = await self._head(conn)
@@ -200,6 +220,21 @@ class LeanGet:
             if conn.reused:
                 raise _StaleConnection() from exc
             raise Truncated(f"connection failed before the answer: {exc}") from None
+        self.answers[(method, status)] += 1
+        if status == 403:
+            self._denied()
+        return status, headers, rest
+
+    async def _exchange_head(self, where, conn: _Conn, request: bytes):
+        status, headers, rest = await self._answer("HEAD", conn, request)
+        if rest or headers.get("connection", "").lower() == "close":
+            conn.close()               # no body follows a HEAD answer: anything more is garbage
+        else:
+            self._give_back(where, conn)
+        return status, headers
+
+    async def _exchange(self, where, conn: _Conn, request: bytes, wanted: int):
+        status, headers, rest = await self._answer("GET", conn, request)
         conn.pending = rest
         keep = headers.get("connection", "").lower() != "close"
         if status not in (200, 206):
@@ -245,10 +280,10 @@ class LeanGet:
                 raise _Ended("connection closed before the answer's headers")
             data += chunk
             end = data.find(b"\r\n\r\n")
+            if end > _HEAD_MAX or (end < 0 and len(data) > _HEAD_MAX):
+                raise Truncated("answer headers too long")
             if end >= 0:
                 break
-            if len(data) > _HEAD_MAX:
-                raise Truncated("answer headers too long")
         lines = data[:end].decode("latin-1").split("\r\n")
         try:
             status = int(lines[0].split(" ", 2)[1])

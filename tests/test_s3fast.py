@@ -1,4 +1,4 @@
-"""The fast HEAD/PUT path (s3fast.py) answers and stores exactly what botocore's path does.
+"""The fast HEAD/PUT paths (s3lean.py, s3fast.py) answer and store exactly what botocore's path does.
 
 Against moto and against SeaweedFS: keys that need quoting, user metadata,
 absent keys; the fast path must really be taken (else the tests would pass
@@ -41,19 +41,25 @@ async def _compare(endpoint: str, access_key: str, secret_key: str, s3, bucket: 
                 assert info.metadata == expected["Metadata"]
                 assert info.last_modified_ns == int(expected["LastModified"].timestamp()) * 10**9
             assert await client.head("missing/" + KEYS[3]) is None
-        assert fast._base is not None           # learnt, so the second round went the fast way
+        assert fast._base is not None           # learnt, so the second round went the lean way (s3lean.py)
+        # every HEAD but the very first (botocore's, which taught the URL) went that way
+        assert client._lean.http.answers[("HEAD", 200)] == 2 * len(KEYS) - 1
+        assert client._lean.http.answers[("HEAD", 404)] == 2
         sent = []
         original = fast._client._endpoint.http_session.send
 
         async def spy(request):
             sent.append(request.url)
             return await original(request)
+        client._lean.head_enabled = False       # HEADs the lean path cannot send: s3fast.py
         fast._client._endpoint.http_session.send = spy
         try:
             assert (await client.head(KEYS[2])).size == 2
         finally:
             fast._client._endpoint.http_session.send = original
+            client._lean.head_enabled = True
         assert len(sent) == 1 and sent[0].endswith("with%20space%2Bplus%26amp%3Deq")
+        sent.clear()
 
         # small PUTs take the fast path too, and store what botocore would have stored
         fast._client._endpoint.http_session.send = spy
@@ -67,7 +73,7 @@ async def _compare(endpoint: str, access_key: str, secret_key: str, s3, bucket: 
                 assert got["ContentType"] == "text/x-put" and got["ETag"].strip('"') == etag
         finally:
             fast._client._endpoint.http_session.send = original
-        assert len(sent) == 1 + len(KEYS)           # one request per PUT: no fallback
+        assert len(sent) == len(KEYS)               # one request per PUT: no fallback
 
 
 async def test_fast_head_matches_botocore_on_moto(moto_server):

@@ -1,4 +1,4 @@
-"""The lean GET path (s3get.py) through S3Client.get_range, against SeaweedFS.
+"""The lean GET path (s3lean.py, s3get.py) through S3Client.get_range, against SeaweedFS.
 
 It must really be taken (connections counted on its own pool), give exactly
 the bytes botocore would, stay pinned to an ETag, reuse connections, and
@@ -46,7 +46,7 @@ async def test_ranges_match_the_object_and_connections_are_reused(seaweed, s3, b
             data = await client.get_range(key, start, end, etag=etag)
             assert isinstance(data, bytearray)        # received by s3get.py, not botocore
             assert bytes(data) == body[start:end], (start, end)
-        assert client._lean.connections_made == 1     # one keep-alive connection for all five
+        assert client._lean.http.connections_made == 1     # one keep-alive connection for all five
         assert metrics.counters.s3_received_bytes - received == sum(
             min(e, len(body)) - s for s, e in [(0, 1), (0, len(body)), (5, 1024 * 1024 + 7),
                                                (len(body) - 10, len(body) + 500), (2 * 1024 * 1024, 3 * 1024 * 1024)])
@@ -78,13 +78,13 @@ async def test_cut_and_reset_bodies_are_fetched_again_never_short(seaweed, s3, b
     s3.put_object(Bucket=bucket, Key="big", Body=body)
     async with open_client(_settings(seaweed, bucket, fault_proxy.url)) as client:
         await _learnt(client, "big")
-        made = client._lean.connections_made
+        made = client._lean.http.connections_made
         for kind in ("short_body", "reset_response"):
             fault = fault_proxy.add(kind, method="GET", times=1)
             data = await client.get_range("big", 1000, 3 * 1024 * 1024)
             assert fault.hits == 1, kind
             assert bytes(data) == body[1000:3 * 1024 * 1024], kind
-        assert client._lean.connections_made > made   # the broken connections were not reused
+        assert client._lean.http.connections_made > made   # the broken connections were not reused
 
 
 async def test_body_cut_every_time_is_an_error_not_short_data(seaweed, s3, bucket, fault_proxy):
@@ -123,7 +123,7 @@ async def test_server_errors_go_the_botocore_way(seaweed, s3, bucket, fault_prox
 async def test_lean_get_off_uses_botocore(seaweed, s3, bucket):
     s3.put_object(Bucket=bucket, Key="k", Body=b"0123456789")
     async with open_client(_settings(seaweed, bucket, lean_get=False)) as client:
-        assert client._lean is None
+        assert client._lean is not None and not client._lean.get_enabled     # HEADs only
         assert await client.head("k") is not None
         data = await client.get_range("k", 2, 5)
         assert data == b"234" and isinstance(data, bytes)
@@ -136,8 +136,9 @@ async def test_no_lean_get_through_a_configured_proxy(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
 
-    async def sign(key, headers):
+    async def sign(method, key, headers):
         return f"http://s3.example.test/bucket/{key}", dict(headers)
-    lean = s3get.LeanGet(sign)
+    lean = s3get.LeanHTTP(sign)
     assert await lean.get("k", 0, 10) is s3get.FALLBACK       # botocore's path, which honours the proxy
+    assert await lean.head("k") is s3get.FALLBACK
     assert lean.connections_made == 0
