@@ -19,6 +19,7 @@ import pytest
 import trio
 from botocore.auth import S3SigV4Auth
 from botocore.credentials import ReadOnlyCredentials
+from test_s3get import _settings  # the same client settings as the lean GET tests
 
 from s3pyfs.credentials import StaticKeys
 from s3pyfs.errors import AccessDenied, RemoteIOError
@@ -30,14 +31,6 @@ META = {"mode": "33188", "uid": "1000", "gid": "1000", "mtime": "1600000000.25",
 HEADERS = dict(ContentType="text/x-lean", CacheControl="no-cache", ContentEncoding="identity",
                ContentDisposition='attachment; filename="f.txt"', ContentLanguage="de",
                Expires="Wed, 21 Oct 2037 07:28:00 GMT")
-
-
-def _settings(seaweed, bucket: str, endpoint: str | None = None, **overrides) -> ClientSettings:
-    values = dict(bucket=bucket, endpoint_url=endpoint or seaweed.endpoint, path_style=True,
-                  static_keys=StaticKeys(seaweed.access_key, seaweed.secret_key),
-                  retries=3, connect_timeout=2, read_timeout=5, request_timeout=30)
-    values.update(overrides)
-    return ClientSettings(**values)
 
 
 def _info(info):
