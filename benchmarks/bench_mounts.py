@@ -82,7 +82,7 @@ def proc_cpu_seconds(pid: int) -> float | None:
 
 
 class Mounter:
-    """One kind of mount: 's3pyfs', 's3fs' or 's3fs-cache'."""
+    """One kind of mount: 's3pyfs', 's3fs', 's3fs-cache' or 's3pyfs-cache'."""
 
     def __init__(self, kind: str, bucket: str, endpoint: str, passwd: Path, workdir: Path,
                  extra_options: str = "", source_dir: Path | None = None):
@@ -104,14 +104,14 @@ class Mounter:
     # -- commands -------------------------------------------------------------
     def options(self) -> str:
         opts = [f"url={self.endpoint}", "use_path_request_style", f"passwd_file={self.passwd}"]
-        if self.kind == "s3fs-cache":
+        if self.kind.endswith("-cache"):
             opts.append(f"use_cache={self.cache_dir}")
         if self.extra_options:
             opts.append(self.extra_options)
         return ",".join(opts)
 
     def command(self) -> list[str]:
-        if self.kind == "s3pyfs":
+        if self.kind.startswith("s3pyfs"):
             return [sys.executable, "-m", "s3pyfs", self.bucket, str(self.path), "-f",
                     "-o", self.options()]
         s3fs = shutil.which("s3fs")
@@ -135,7 +135,7 @@ class Mounter:
 
     def version(self) -> str:
         try:
-            if self.kind == "s3pyfs":
+            if self.kind.startswith("s3pyfs"):
                 out = subprocess.run([sys.executable, "-c", "import s3pyfs; print(s3pyfs.__version__)"],
                                      capture_output=True, text=True, timeout=30, cwd=self.cwd,
                                      env=self.env()).stdout.strip()
@@ -165,7 +165,7 @@ class Mounter:
         if self.mounted:
             force_unmount(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        if self.kind == "s3fs-cache" and fresh_cache:
+        if self.kind.endswith("-cache") and fresh_cache:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
             self.cache_dir.mkdir(parents=True)
         self.mounts += 1

@@ -12,6 +12,8 @@ target (the order of targets rotates from one repetition to the next):
   s3pyfs      python -m s3pyfs BUCKET MNT -f -o url=...,use_path_request_style,passwd_file=...
   s3fs        s3fs BUCKET MNT -f -o url=...,use_path_request_style,passwd_file=...
   s3fs-cache  the same with use_cache=DIR (the cache directory is emptied at every mount)
+  s3pyfs-cache  s3pyfs with use_cache=DIR the same way (hydration of randomly read objects
+              needs the disk cache)
 
 and prints the median of each value with its ratio to direct S3
 (ratio = direct time / mounter time, or mounter IOPS / direct IOPS: above 1
@@ -48,7 +50,7 @@ from bench_server import BenchSeaweed, Metrics  # noqa: E402
 MiB = 1 << 20
 GiB = 1 << 30
 BUCKET = "s3pyfs-bench"
-TARGETS = ("direct", "s3pyfs", "s3fs", "s3fs-cache")
+TARGETS = ("direct", "s3pyfs", "s3fs", "s3fs-cache", "s3pyfs-cache")
 FSOPS = str(HERE / "bench_fsops.py")
 
 PROFILES = {
@@ -211,10 +213,17 @@ class Bench:
         for kind in self.targets:
             if kind == "direct":
                 continue
-            extra = self.args.s3pyfs_options if kind == "s3pyfs" else self.args.s3fs_options
-            source = self.export_s3pyfs(tmp) if kind == "s3pyfs" else None
+            ours = kind.startswith("s3pyfs")
+            extra = self.args.s3pyfs_options if ours else self.args.s3fs_options
+            source = self.s3pyfs_source(tmp) if ours else None
             self.mounters[kind] = Mounter(kind, BUCKET, self.server.endpoint, self.passwd,
                                           tmp / kind, extra_options=extra, source_dir=source)
+
+    def s3pyfs_source(self, tmp: Path) -> Path | None:
+        """The exported revision both s3pyfs targets run (extracted once)."""
+        if not hasattr(self, "_s3pyfs_source"):
+            self._s3pyfs_source = self.export_s3pyfs(tmp)
+        return self._s3pyfs_source
 
     def export_s3pyfs(self, tmp: Path) -> Path | None:
         """s3pyfs/ of --s3pyfs-rev, extracted with git archive (None: working tree)."""
