@@ -29,12 +29,12 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_direct  # noqa: E402
+import bench_fsops  # noqa: E402
 import bench_mounts  # noqa: E402  (puts tests/ on sys.path)
 import support  # noqa: E402
 
@@ -95,31 +95,6 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
-
-
-def read_all(paths: list[Path]) -> int:
-    totals = [0] * len(paths)
-    errors: list[str] = []
-
-    def reader(i: int, path: Path) -> None:
-        buf = bytearray(MiB)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                while n := os.readv(fd, [buf]):
-                    totals[i] += n
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            errors.append(f"{path}: {exc}")
-    threads = [threading.Thread(target=reader, args=(i, p)) for i, p in enumerate(paths)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise OSError("; ".join(errors))
-    return sum(totals)
 
 
 def sha256_of(path: Path) -> str:
@@ -242,7 +217,7 @@ def main() -> None:
                         if m is None:
                             direct.download([(k, size) for k in keys])
                         else:
-                            got = read_all([m.path / k for k in keys])
+                            got = bench_fsops.read_files([str(m.path / k) for k in keys])["bytes"]
                             if got != size * args.readers:
                                 raise SystemExit(f"{target}: read {got} bytes")
                         wall = time.perf_counter() - t0
